@@ -1,0 +1,340 @@
+"""Frozen, validated run configuration: YAML plus dotted `key=value` overrides.
+
+Owns: the config models (each field documented once, in its `Field(description=...)`),
+`load_config`, `apply_overrides`, `explain` and the one-line `ConfigError`. Registry names are
+checked here at load time so a typo fails before any model is built; the registries themselves
+live beside their code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sftrl.registry import did_you_mean
+
+
+class ConfigError(ValueError):
+    """A config problem, stated in one line with the key and how to fix it."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------------
+class TinyModelConfig(Frozen):
+    hidden_size: int = Field(64, ge=8, description="Width of the random-init Llama model.")
+    num_layers: int = Field(2, ge=1, description="Number of transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
+    intermediate_size: int | None = Field(None, description="MLP width; None means 4 x hidden_size.")
+    max_positions: int = Field(256, ge=16, description="Longest prompt + completion in tokens.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_heads={self.num_heads}; pick num_heads that divides it")
+        return self
+
+
+class ModelConfig(Frozen):
+    name: str = Field("tiny", description="'tiny' (random-init Llama + character tokenizer), "
+                      "'smollm2-135m' (offline SmolLM2-135M-Instruct), a local path, or a hub id.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig,
+                                  description="Sizes of the 'tiny' preset (ignored otherwise).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype; keep float32 on CPU.")
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="Wrap prompts in the tokenizer's chat template: auto = when it has one.")
+    cache_dir: str | None = Field(None, description="Where converted models are cached; None = "
+                                  "$SFTRL_CACHE or ~/.cache/sftrl.")
+
+
+class TaskConfig(Frozen):
+    name: str = Field("arith", description="'arith', 'reasoning_gym:<dataset>', 'jsonl:<path>' "
+                      "(GSM8K or MATH format) or 'hf:<dataset id>[:<config>]'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Task-specific knobs, e.g. "
+                                   "arith: {min_ops, max_ops, max_operand, operators}.")
+    train_size: int | None = Field(20000, ge=1, description="Training problems (None = all the source has).")
+    test_size: int | None = Field(300, ge=1, description="Held-out problems for evaluation.")
+    seed: int = Field(1234, description="Seed of the data itself: fixed across run seeds so every "
+                      "run sees the same train and test problems.")
+    template: str = Field("plain", description="Prompt template from sftrl.tasks.prompts.TEMPLATES.")
+    label: str | None = Field(None, description="Name used in metric keys; None = derived from name.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v):
+        from sftrl.tasks import check_task_name
+        check_task_name(v)
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v):
+        from sftrl.tasks.prompts import TEMPLATES
+        TEMPLATES[v]
+        return v
+
+    @property
+    def key(self) -> str:
+        """Label in metric keys: eval/<key>/acc_strict."""
+        if self.label:
+            return self.label
+        base = self.name.split(":", 1)[-1]
+        return Path(base).stem if self.name.startswith(("jsonl:", "hf:")) else base.replace("/", "_")
+
+
+class OptimConfig(Frozen):
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to lr over these optimiser steps.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Decay after warm-up, over the rest of the phase.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the decay as a fraction of lr.")
+    grad_clip: float | None = Field(1.0, description="Clip the global gradient norm to this; None = off.")
+
+
+class SFTConfig(Frozen):
+    batch_size: int = Field(64, ge=1, description="Demonstrations per optimiser step.")
+    micro_batch_size: int | None = Field(None, description="Rows per forward/backward (gradient "
+                                         "accumulation); None = the whole batch at once. Never "
+                                         "changes the objective.")
+    max_len: int = Field(256, ge=8, description="Demonstrations are cut to this many tokens "
+                         "(prompt + completion).")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine",
+                                                                     min_lr_ratio=0.1),
+                               description="Optimiser of SFT steps.")
+
+
+class Phase(Frozen):
+    kind: Literal["sft", "rl"] = Field(description="What the phase runs.")
+    steps: int = Field(ge=0, description="Optimiser steps in this phase.")
+
+
+class EvalConfig(Frozen):
+    every: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at the end).")
+    n: int | None = Field(None, description="Test problems used (None = all of task.test_size).")
+    greedy: bool = Field(True, description="Report greedy pass@1 (strict and flexible extraction).")
+    k: int = Field(0, ge=0, description="Samples per problem for pass@k / maj@k (0 = skip sampling).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for pass@k / maj@k.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus threshold for pass@k / maj@k.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation cap at evaluation.")
+    batch_size: int = Field(256, ge=1, description="Prompts per generation batch.")
+    extra_tasks: list[TaskConfig] = Field(default_factory=list, description="More tasks to evaluate "
+                                          "(e.g. harder arith levels for out-of-distribution tests).")
+
+
+class LogConfig(Frozen):
+    every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+    samples_every: int = Field(50, ge=0, description="Write completions to samples.jsonl every N "
+                               "steps (0 = only at evaluations).")
+    samples_n: int = Field(16, ge=0, description="Completions kept per samples.jsonl entry.")
+    progress: Literal["auto", "bar", "plain", "off"] = Field(
+        "auto", description="Progress display: bar on a terminal, plain lines otherwise.")
+
+
+class Config(Frozen):
+    name: str = Field("run", description="Run name; default output is runs/<name>/<run_id>.")
+    seed: int = Field(0, description="Run seed: initialisation, data order and sampling derive from it.")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+    threads: int = Field(0, ge=0, description="Torch CPU threads (0 = all cores).")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for exact reruns.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Training task (its test split is evaluated).")
+    phases: list[Phase] = Field(default_factory=lambda: [Phase(kind="sft", steps=600)],
+                                description="The schedule, run in order.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT step settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging settings.")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if not self.phases:
+            raise ValueError("phases is empty; add at least one phase, e.g. [{kind: sft, steps: 300}]")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+
+# ---------------------------------------------------------------------------------------------
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config class found by walking `loc` (field names and list indices) from `model`."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            continue
+        if part not in cur.model_fields:
+            return None
+        cur = _inner_model(cur.model_fields[part].annotation)
+        if cur is None:
+            return None
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _inner_model(ann) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _one_line(err: ValidationError, root: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    key = ".".join(str(x) for x in loc) or "<root>"
+    if e["type"] == "extra_forbidden":
+        owner = _model_at(root, loc[:-1])
+        names = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr('.'.join(map(str, loc[:-1] + (c,)))) for c in close)}?" \
+            if close else f"known keys here: {', '.join(names)}"
+        return f"unknown config key {key!r}; {hint}"
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    got = f" (got {e['input']!r})" if e["type"] not in ("value_error", "key_error") and \
+        not isinstance(e.get("input"), dict) else ""
+    return f"config key {key!r}: {msg}{got}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b.c=value' and parse the value as YAML (numbers, lists, null, strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. sft.optim.lr=3e-4)")
+    key, value = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; write e.g. sft.optim.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
+    cur: Any = tree
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:i]) or 'list'} has "
+                                  f"{len(cur)} entries; index {part!r} is out of range")
+            part = int(part)
+            if last:
+                cur[part] = value
+            else:
+                cur = cur[part]
+            continue
+        if last:
+            cur[part] = value
+        else:
+            nxt = cur.get(part)
+            if not isinstance(nxt, (dict, list)):
+                nxt = {}
+                cur[part] = nxt
+            cur = nxt
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep-merge dicts: `over` wins; lists are replaced whole."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def build_config(data: dict, overrides: list[str] = (), cls: type[BaseModel] | None = None):
+    """Validate `data` (a plain dict) after applying dotted overrides; one-line errors."""
+    cls = cls or Config
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+    tree = _merge(cls().model_dump(mode="python"), data) if _has_defaults(cls) else dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(tree, path, value, text)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, cls)) from None
+
+
+def _has_defaults(cls) -> bool:
+    try:
+        cls()
+        return True
+    except ValidationError:
+        return False
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; give a path to a YAML file "
+                          f"(ready ones are in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()):
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    data = load_yaml(path) if path else {}
+    return build_config(data, list(overrides))
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The fully resolved config, every default written out, loadable by `load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+
+
+def explain(cls: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows (key, type, default, meaning) for every field, nested sections expanded."""
+    cls = cls or Config
+    rows = []
+    for name, f in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        inner = _inner_model(f.annotation)
+        default = f.get_default(call_default_factory=True)
+        type_name = _type_name(f.annotation)
+        if inner is not None and isinstance(default, BaseModel):
+            rows.append((key, type_name, "(section)", f.description or ""))
+            rows.extend(explain(inner, key + "."))
+        else:
+            shown = yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip()
+            shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            rows.append((key, type_name, shown, f.description or ""))
+    return rows
+
+
+def _plain(v):
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _type_name(ann) -> str:
+    text = str(ann) if not isinstance(ann, type) else ann.__name__
+    return text.replace("typing.", "").replace("sftrl.config_rl.", "").replace("sftrl.config.", "")

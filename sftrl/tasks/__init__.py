@@ -1,0 +1,59 @@
+"""Task sources behind one call: `load_problems(task_cfg, split)`.
+
+Task names: 'arith' (built-in generator), 'reasoning_gym:<dataset>', 'jsonl:<path>' (GSM8K or
+MATH format, detected per file) and 'hf:<dataset id>[:<config>]' (needs the hub). Each source
+module registers its loader in `TASKS` under its prefix.
+"""
+
+from __future__ import annotations
+
+from sftrl.registry import RegistryError, did_you_mean
+from sftrl.tasks.base import TASKS, Problem
+
+PREFIXED = ("reasoning_gym", "jsonl", "hf")
+"""Sources whose name carries an argument after a colon."""
+
+
+def _register_sources() -> None:
+    # imported for their registration side effect; each defers heavy imports to call time
+    from sftrl.tasks import arith, files, rgym  # noqa: F401
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'reasoning_gym:gsm_symbolic' -> ('reasoning_gym', 'gsm_symbolic'); 'arith' -> ('arith', None)."""
+    head, sep, arg = name.partition(":")
+    return (head, arg) if sep else (name, None)
+
+
+def check_task_name(name: str) -> None:
+    """Fail at config time on an unknown source or a prefixed source without its argument."""
+    _register_sources()
+    head, arg = split_name(name)
+    if head not in TASKS:
+        raise RegistryError(f"unknown task {name!r}; {did_you_mean(head, TASKS)} "
+                            f"(prefixed forms: {', '.join(p + ':<...>' for p in PREFIXED)})")
+    if head in PREFIXED and not arg:
+        raise RegistryError(f"task {name!r} needs an argument: write {head}:<...>")
+    if head not in PREFIXED and arg is not None:
+        raise RegistryError(f"task {name!r}: {head!r} takes no ':' argument")
+    validate = getattr(TASKS[head], "validate", None)
+    if validate is not None:
+        validate(arg)
+
+
+def load_problems(task, split: str, n: int | None = None) -> list[Problem]:
+    """Problems of `task` (a TaskConfig) for split 'train' or 'test', at most `n` of them."""
+    _register_sources()
+    head, arg = split_name(task.name)
+    size = n if n is not None else (task.train_size if split == "train" else task.test_size)
+    kwargs = dict(task.kwargs)
+    if arg is not None:
+        kwargs["source"] = arg
+    problems = TASKS[head](split=split, n=size, seed=task.seed, **kwargs)
+    if not problems:
+        raise ValueError(f"task {task.name!r} split {split!r} has no problems; check its source "
+                         f"and task.kwargs")
+    return problems
+
+
+__all__ = ["Problem", "TASKS", "load_problems", "check_task_name", "split_name"]
