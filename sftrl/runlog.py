@@ -1,0 +1,164 @@
+"""The run directory: the only interface between the training half and the experiment half.
+
+Owns: the layout below, atomic writes, JSONL appends, provenance. Does not own checkpoint
+contents (the trainer decides what state to save; this module only writes files safely).
+
+    <run>/config.yaml       fully resolved config (every default written out)
+    <run>/provenance.json   git sha, versions, hardware, command line, seed, start/end time
+    <run>/metrics.jsonl     one line per logged step
+    <run>/eval.jsonl        one line per evaluation
+    <run>/samples.jsonl     completions with extracted answers, rewards, lengths
+    <run>/final.json        headline numbers
+    <run>/model/            final weights and tokenizer
+    <run>/DONE              written last
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DONE = "DONE"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(obj):
+    """JSON cannot hold NaN/inf portably: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> str:
+    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(_clean(obj), indent=1, allow_nan=False) + "\n")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line with a single write(2) on an O_APPEND descriptor, so lines never interleave
+    and a killed writer leaves at most one torn last line (which readers skip)."""
+    data = (dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def check_writable(directory: Path) -> Path:
+    """Create `directory` or fail in one line before any training time is spent."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"run directory {str(directory)!r} is not writable ({e.strerror}); "
+                      f"choose another with --out DIR") from None
+    return directory
+
+
+def git_sha(start: Path | None = None) -> str | None:
+    """The commit of the checkout holding the sftrl sources (None outside git)."""
+    here = Path(start or Path(__file__).resolve().parent)
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        sha = out.stdout.strip()
+        if out.returncode != 0 or not sha:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions(names=("sftrl", "torch", "transformers", "tokenizers", "accelerate", "peft",
+                            "datasets", "math-verify", "reasoning-gym", "numpy", "scipy")) -> dict:
+    from importlib import metadata
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": sys.version.split()[0],
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+class RunDir:
+    """Paths and safe writers of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def done(self) -> bool:
+        return self.file(DONE).exists()
+
+    def start(self, config_yaml: str, *, seed: int, argv: list[str] | None = None) -> None:
+        """Write config.yaml and provenance.json at the start of a run."""
+        check_writable(self.path)
+        atomic_write_text(self.file("config.yaml"), config_yaml)
+        atomic_write_json(self.file("provenance.json"), {
+            "git_sha": git_sha(), "versions": package_versions(), "hardware": hardware(),
+            "argv": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(), "seed": seed,
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "end_time": None,
+        })
+
+    def log(self, name: str, record: dict) -> None:
+        append_jsonl(self.file(name), record)
+
+    def finish(self, final: dict) -> None:
+        """final.json, the end time in provenance.json, then DONE last."""
+        atomic_write_json(self.file("final.json"), final)
+        prov_path = self.file("provenance.json")
+        prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+        prov["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(prov_path, prov)
+        atomic_write_text(self.file(DONE), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")

@@ -1,0 +1,181 @@
+"""The training loop: `sft_step`, the phase schedule in `fit`, evaluation and run-directory writes.
+
+Owns: the order of things in a run. Math lives in `algos`/`logprobs`, sampling in `rollout`,
+files in `runlog`. Step functions return metrics; only `fit` writes them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sftrl import algos, logprobs
+from sftrl.batches import ProblemStream, demo_batch
+from sftrl.config import Config, to_yaml
+from sftrl.evaluate import evaluate
+from sftrl.models import device_from, load_policy, render_prompt, save_policy
+from sftrl.optim import make_optimizer
+from sftrl.progress import Progress
+from sftrl.runlog import RunDir
+from sftrl.tasks import load_problems
+from sftrl.tasks.prompts import TEMPLATES, completion_target
+
+
+class TrainingError(RuntimeError):
+    """A run stopped on purpose (non-finite loss, ...); the message says why and what to change."""
+
+
+@dataclass
+class Rngs:
+    """Independent streams derived from the run seed (STYLE rule 7)."""
+
+    data: np.random.Generator       # order of training problems
+    sample: torch.Generator         # rollout sampling
+    eval: torch.Generator           # evaluation sampling (pass@k), separate so eval never shifts training
+    init_seed: int                  # model initialisation
+
+    def state(self) -> dict:
+        return {"data": self.data.bit_generator.state, "sample": self.sample.get_state(),
+                "eval": self.eval.get_state(), "init_seed": self.init_seed}
+
+
+def make_rngs(seed: int) -> Rngs:
+    data, sample, ev, init = np.random.SeedSequence(seed).spawn(4)
+    as_int = lambda ss: int(ss.generate_state(1)[0])  # noqa: E731
+    return Rngs(data=np.random.default_rng(data),
+                sample=torch.Generator().manual_seed(as_int(sample)),
+                eval=torch.Generator().manual_seed(as_int(ev)),
+                init_seed=as_int(init))
+
+
+def micro_slices(n: int, size: int | None):
+    size = size or n
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_clip: float | None) -> dict:
+    """One optimiser step of prompt-masked NLL on demonstration tokens.
+
+    The token-mean weights come from the whole batch's mask, so the sum of micro-batch losses is
+    exactly the full-batch loss: gradient accumulation never changes the objective.
+    """
+    mask = batch.completion_mask                                                # [B, T]
+    w = algos.WEIGHTINGS["token_mean"](mask)                                    # [B, T]
+    ids, attn, Lp = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+    total = 0.0
+    for rows in micro_slices(ids.shape[0], micro_batch_size):
+        logp = logprobs.token_logp(model, ids[rows], attn[rows], Lp)            # [b, T]
+        loss = -(logp * w[rows]).sum()
+        loss.backward()
+        total += loss.item()
+    grad_norm = clip_and_step(model, opt, sched, grad_clip, what=f"SFT loss {total:.4g}")
+    return {"loss/sft": total, "grad/norm": grad_norm, "sft/tokens": float(mask.sum()),
+            "sft/truncated": float(batch.truncated.float().mean())}
+
+
+def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str) -> float:
+    """Clip the global gradient norm, refuse non-finite gradients, step optimiser and schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise TrainingError(f"non-finite gradient norm ({what}); lower the learning rate or set "
+                            f"a grad_clip; the run directory keeps everything logged so far")
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+class Session:
+    """What a run holds while it trains: model, tokenizer, data, optimisers, RNGs, run dir."""
+
+    def __init__(self, cfg: Config, run: RunDir):
+        self.cfg, self.run = cfg, run
+        self.device = device_from(cfg.device)
+        self.rngs = make_rngs(cfg.seed)
+        self.train_problems = load_problems(cfg.task, "train")
+        self.eval_sets = [(cfg.task, load_problems(cfg.task, "test", cfg.eval.n))] + \
+            [(t, load_problems(t, "test", cfg.eval.n)) for t in cfg.eval.extra_tasks]
+        self.model, self.tokenizer = load_policy(cfg.model, seed=self.rngs.init_seed, device=self.device)
+        self.stream = ProblemStream(self.train_problems, self.rngs.data)
+        self.optimizers: dict[str, tuple] = {}
+        self.step = 0
+
+    def prompt(self, problem, template: str) -> str:
+        return render_prompt(self.tokenizer, TEMPLATES[template](problem), self.cfg.model.chat_template)
+
+    def optimizer(self, kind: str, ocfg):
+        """One optimiser per step kind, its schedule spanning every step of that kind in the run."""
+        if kind not in self.optimizers:
+            total = sum(p.steps for p in self.cfg.phases if p.kind == kind)
+            self.optimizers[kind] = make_optimizer(self.model.parameters(), ocfg, total)
+        return self.optimizers[kind]
+
+    def run_sft_step(self) -> dict:
+        cfg = self.cfg
+        problems = self.stream.next(cfg.sft.batch_size)
+        batch = demo_batch(self.tokenizer, [self.prompt(p, cfg.task.template) for p in problems],
+                           [completion_target(p) for p in problems], max_len=cfg.sft.max_len,
+                           device=self.device)
+        opt, sched = self.optimizer("sft", cfg.sft.optim)
+        lr = sched.get_last_lr()[0]
+        out = sft_step(self.model, opt, sched, batch, micro_batch_size=cfg.sft.micro_batch_size,
+                       grad_clip=cfg.sft.optim.grad_clip)
+        return {**out, "optim/lr": lr}
+
+    def evaluate_all(self) -> tuple[dict, list[dict]]:
+        metrics, records = {}, []
+        for task, problems in self.eval_sets:
+            prompts = [self.prompt(p, task.template) for p in problems]
+            m, r = evaluate(self.model, self.tokenizer, problems, prompts, key=task.key,
+                            ecfg=self.cfg.eval, gen=self.rngs.eval)
+            metrics.update(m)
+            records.extend(r)
+        return metrics, records
+
+
+def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
+    """Run the phases of `cfg` into `out_dir`; return final.json's content."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    run = RunDir(out_dir)
+    run.start(to_yaml(cfg), seed=cfg.seed, argv=argv)
+    s = Session(cfg, run)
+    steps = {"sft": s.run_sft_step}
+    progress = Progress(cfg.total_steps, mode=cfg.log.progress, label=cfg.name)
+    t_start = time.perf_counter()
+    for phase in cfg.phases:
+        for _ in range(phase.steps):
+            t0 = time.perf_counter()
+            metrics = steps[phase.kind]()
+            s.step += 1
+            metrics.update({"time/step": time.perf_counter() - t0,
+                            "time/elapsed": time.perf_counter() - t_start})
+            if s.step % cfg.log.every == 0 or s.step == cfg.total_steps:
+                run.log("metrics.jsonl", {"step": s.step, "phase": phase.kind, **metrics})
+            if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
+                ev, _ = s.evaluate_all()
+                run.log("eval.jsonl", {"step": s.step, **ev})
+                metrics.update(ev)
+            progress.update(s.step, metrics)
+    final, records = s.evaluate_all()
+    run.log("eval.jsonl", {"step": s.step, **final})
+    for r in records:
+        run.log("samples.jsonl", {"step": s.step, "kind": "eval", **r})
+    save_policy(s.model, s.tokenizer, run.file("model"))
+    final = {"step": s.step, "wall_time_s": time.perf_counter() - t_start,
+             "peak_rss_mb": peak_rss_mb(), **final}
+    progress.close(final)
+    run.finish(final)
+    return final
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux ru_maxrss is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
