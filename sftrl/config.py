@@ -1,7 +1,7 @@
 """Frozen, validated run configuration: YAML plus dotted `key=value` overrides.
 
 Owns: the config models (each field documented once, in its `Field(description=...)`),
-`load_config`, `apply_overrides`, `explain` and the one-line `ConfigError`. Registry names are
+`load_config`, `build_config`, `explain` and `to_yaml`. Registry names are
 checked here at load time so a typo fails before any model is built; the registries themselves
 live beside their code.
 """
@@ -14,17 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from sftrl.registry import did_you_mean
-
-
-class ConfigError(ValueError):
-    """A config problem, stated in one line with the key and how to fix it."""
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+from sftrl.config_base import ConfigError, Frozen, OptimConfig  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,18 +81,6 @@ class TaskConfig(Frozen):
             return self.label
         base = self.name.split(":", 1)[-1]
         return Path(base).stem if self.name.startswith(("jsonl:", "hf:")) else base.replace("/", "_")
-
-
-class OptimConfig(Frozen):
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to lr over these optimiser steps.")
-    schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="Decay after warm-up, over the rest of the phase.")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the decay as a fraction of lr.")
-    grad_clip: float | None = Field(1.0, description="Clip the global gradient norm to this; None = off.")
 
 
 class SFTConfig(Frozen):
