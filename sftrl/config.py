@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from sftrl.config_base import ConfigError, Frozen, OptimConfig  # noqa: F401  (re-exported)
+from sftrl.config_rl import RLConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class Config(Frozen):
     phases: list[Phase] = Field(default_factory=lambda: [Phase(kind="sft", steps=600)],
                                 description="The schedule, run in order.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT step settings.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="RL step settings (rollout, reward, algorithm).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging settings.")
 

@@ -119,3 +119,37 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
     return Rollout(prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
                    completion_ids=completion_ids, completion_mask=completion_mask,
                    truncated=~finished, texts=texts)
+
+
+# -- group bookkeeping for dynamic sampling: rows stay prompt-major ----------------------------
+def _pad_to(x: torch.Tensor, width: int, value, *, left: bool) -> torch.Tensor:
+    extra = width - x.shape[1]
+    if extra <= 0:
+        return x
+    pad = x.new_full((x.shape[0], extra), value)
+    return torch.cat([pad, x] if left else [x, pad], 1)
+
+
+def select_rows(ro: Rollout, rows: torch.Tensor) -> Rollout:
+    """The rollout restricted to `rows` (index tensor), in that order."""
+    return Rollout(prompt_ids=ro.prompt_ids[rows], prompt_mask=ro.prompt_mask[rows],
+                   completion_ids=ro.completion_ids[rows], completion_mask=ro.completion_mask[rows],
+                   truncated=ro.truncated[rows], texts=[ro.texts[i] for i in rows.tolist()])
+
+
+def concat(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts with different prompt/completion widths (prompts stay left-padded)."""
+    Lp = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.completion_ids.shape[1] for p in parts)
+    return Rollout(
+        prompt_ids=torch.cat([_pad_to(p.prompt_ids, Lp, pad_id, left=True) for p in parts]),
+        prompt_mask=torch.cat([_pad_to(p.prompt_mask, Lp, 0.0, left=True) for p in parts]),
+        completion_ids=torch.cat([_pad_to(p.completion_ids, T, pad_id, left=False) for p in parts]),
+        completion_mask=torch.cat([_pad_to(p.completion_mask, T, 0.0, left=False) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        texts=[t for p in parts for t in p.texts])
+
+
+def group_rows(groups: torch.Tensor, G: int) -> torch.Tensor:
+    """Row indices [len(groups) * G] of the given group indices, prompt-major."""
+    return (groups[:, None] * G + torch.arange(G)[None, :]).reshape(-1)

@@ -6,6 +6,7 @@ files in `runlog`. Step functions return metrics; only `fit` writes them.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sftrl import algos, logprobs
+from sftrl import algos, entropy, logprobs
 from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
 from sftrl.models import device_from, load_policy, render_prompt, save_policy
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
+from sftrl.rl import Algo, rl_step
 from sftrl.runlog import RunDir
 from sftrl.tasks import load_problems
 from sftrl.tasks.prompts import TEMPLATES, completion_target
@@ -105,6 +107,10 @@ class Session:
         self.stream = ProblemStream(self.train_problems, self.rngs.data)
         self.optimizers: dict[str, tuple] = {}
         self.step = 0
+        self.algo = Algo.from_config(cfg.rl.algo)
+        self.entropy_ctl = entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs)
+        self.ref = None                 # frozen copy of the policy as it enters RL (KL reference)
+        self.needs_ref = cfg.rl.algo.kl.coef > 0 or cfg.rl.algo.kl.log
 
     def prompt(self, problem, template: str) -> str:
         return render_prompt(self.tokenizer, TEMPLATES[template](problem), self.cfg.model.chat_template)
@@ -115,6 +121,15 @@ class Session:
             total = sum(p.steps for p in self.cfg.phases if p.kind == kind)
             self.optimizers[kind] = make_optimizer(self.model.parameters(), ocfg, total)
         return self.optimizers[kind]
+
+    def clip_and_step(self, kind: str, grad_clip: float | None) -> float:
+        opt, sched = self.optimizers[kind]
+        return clip_and_step(self.model, opt, sched, grad_clip, what=f"{kind} step {self.step + 1}")
+
+    def run_rl_step(self) -> dict:
+        if self.needs_ref and self.ref is None:
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return rl_step(self)
 
     def run_sft_step(self) -> dict:
         cfg = self.cfg
@@ -146,7 +161,7 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     run = RunDir(out_dir)
     run.start(to_yaml(cfg), seed=cfg.seed, argv=argv)
     s = Session(cfg, run)
-    steps = {"sft": s.run_sft_step}
+    steps = {"sft": s.run_sft_step, "rl": s.run_rl_step}
     progress = Progress(cfg.total_steps, mode=cfg.log.progress, label=cfg.name)
     t_start = time.perf_counter()
     for phase in cfg.phases:

@@ -1,0 +1,192 @@
+"""RL settings: rollout, rewards, and the algorithm as a point in (advantage, surrogate, weighting,
+KL, entropy, token filter) space, filled from a named preset.
+
+Owns: `RLConfig` and `PRESETS`. A preset supplies every algorithm field the user leaves unset
+(None); anything written in the YAML or on the command line wins, field by field. The resolved
+values are what config.yaml records, so a run never depends on a preset table that may change.
+Which paper each preset follows, and where it deviates, is in docs/ALGORITHMS.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sftrl.config_base import Frozen, OptimConfig
+from sftrl.registry import RegistryError, did_you_mean
+
+
+class RolloutConfig(Frozen):
+    group_size: int = Field(8, description="G: completions per prompt; group baselines need G >= 2.")
+    prompts_per_step: int = Field(16, ge=1, description="P: distinct problems per rollout (N = P x G rows).")
+    max_new_tokens: int = Field(64, ge=1, description="Completions are cut here (see reward.truncated).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs and entropy use it too.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1 = off).")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v):
+        if v < 2:
+            raise ValueError(f"group_size={v}: use >= 2; a group of one has no baseline, so its "
+                             f"advantage is always 0")
+        return v
+
+
+class RewardSpec(Frozen):
+    name: str = Field(description="A name in sftrl.verify.REWARDS or a custom 'module:function'.")
+    weight: float = Field(1.0, description="Weight of this reward in the scalar sum.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword hyperparameters of the reward.")
+
+    @model_validator(mode="after")
+    def _resolves(self):
+        from sftrl.registry import check_kwargs
+        from sftrl.verify import resolve_reward
+        check_kwargs(resolve_reward(self.name), self.kwargs, f"reward {self.name!r}")
+        return self
+
+
+class RewardConfig(Frozen):
+    functions: list[RewardSpec] | None = Field(None, description="Rewards summed with weights; "
+                                               "None = from preset (correctness 1/0, DAPO +-1).")
+    truncated: Literal["zero", "keep", "mask"] | None = Field(
+        None, description="Completions cut at max_new_tokens: reward 0 (Dr. GRPO), keep their "
+        "reward, or mask them out of the loss (DAPO overlong filtering). None = from preset.")
+    overlong_cache: int | None = Field(None, description="DAPO soft overlong punishment: length "
+                                       "buffer before max_new_tokens (0 = off). None = from preset.")
+    overlong_factor: float | None = Field(None, description="Scale of the overlong penalty. None = from preset.")
+
+
+class KLConfig(Frozen):
+    coef: float | None = Field(None, ge=0, description="beta: weight of KL to the frozen initial policy.")
+    estimator: str | None = Field(None, description="k1 | k2 | k3 | k3_plus (ALGORITHMS.md 0.4).")
+    placement: Literal["loss", "reward"] | None = Field(
+        None, description="In the loss (GRPO) or subtracted from the reward (RLOO/REINFORCE++).")
+    log: bool = Field(True, description="Keep a reference copy to log KL even when coef is 0 "
+                      "(set false to save its memory).")
+
+
+class EntropyConfig(Frozen):
+    mode: str | None = Field(None, description="Controller in sftrl.entropy.ENTROPY: off | constant "
+                             "| scheduled | adaptive. None = from preset.")
+    kwargs: dict[str, Any] | None = Field(None, description="Controller settings, e.g. {coef: 0.001} "
+                                          "or {target: 0.2, delta: 1e-4, max_coef: 5e-3}.")
+
+
+class AlgoConfig(Frozen):
+    preset: str = Field("grpo", description="Named method whose values fill every field left unset.")
+    advantage: str | None = Field(None, description="Estimator in ADVANTAGES.")
+    advantage_kwargs: dict[str, Any] | None = Field(None, description="Its keyword hyperparameters.")
+    surrogate: str | None = Field(None, description="Per-token surrogate in SURROGATES.")
+    surrogate_kwargs: dict[str, Any] | None = Field(None, description="e.g. {eps_low: 0.2, eps_high: 0.28, dual_clip: 10}.")
+    weighting: str | None = Field(None, description="Loss aggregation in WEIGHTINGS.")
+    weighting_kwargs: dict[str, Any] | None = Field(None, description="e.g. {max_len: 64} for const_len.")
+    token_filter: str | None = Field(None, description="Token filter in TOKEN_FILTERS (none, "
+                                     "top_entropy, clip_cov, kl_cov).")
+    token_filter_kwargs: dict[str, Any] | None = Field(None, description="Its hyperparameters.")
+    kl: KLConfig = Field(default_factory=KLConfig, description="KL to the reference policy.")
+    entropy: EntropyConfig = Field(default_factory=EntropyConfig, description="Entropy regularisation.")
+    mini_batches: int | None = Field(None, ge=1, description="Optimiser steps per rollout (rows split evenly).")
+    dynamic_sampling: bool | None = Field(None, description="DAPO: drop groups whose accuracy is "
+                                          "all-equal and sample more until the batch is full.")
+    max_gen_batches: int = Field(4, ge=1, description="Dynamic sampling gives up refilling after this many rollouts.")
+
+
+class RLConfig(Frozen):
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling settings.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
+    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="The algorithm.")
+    micro_batch_size: int | None = Field(None, description="Rows per forward/backward; never changes the objective.")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0),
+                               description="Optimiser of RL steps.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data):
+        if not isinstance(data, dict):
+            return data
+        algo = dict(data.get("algo") or {})
+        name = algo.get("preset") or "grpo"
+        if name not in PRESETS:
+            raise RegistryError(f"unknown preset {name!r}; {did_you_mean(name, PRESETS)}")
+        preset = PRESETS[name](data)
+        out = dict(data)
+        for section in ("algo", "reward"):
+            out[section] = fill_unset(dict(data.get(section) or {}), preset[section])
+        return out
+
+    @model_validator(mode="after")
+    def _names_resolve(self):
+        from sftrl import algos, entropy
+        from sftrl.registry import bind
+        a = self.algo
+        bind(algos.ADVANTAGES, a.advantage, a.advantage_kwargs)
+        bind(algos.SURROGATES, a.surrogate, a.surrogate_kwargs)
+        bind(algos.WEIGHTINGS, a.weighting, a.weighting_kwargs)
+        bind(entropy.TOKEN_FILTERS, a.token_filter, a.token_filter_kwargs)
+        algos.KL[a.kl.estimator]
+        entropy.make_controller(a.entropy.mode, a.entropy.kwargs)
+        return self
+
+
+def fill_unset(user: dict, preset: dict) -> dict:
+    """Recursively take preset values wherever the user's value is missing or None."""
+    out = dict(user)
+    for key, value in preset.items():
+        if isinstance(value, dict) and key in ("kl", "entropy"):
+            out[key] = fill_unset(dict(out.get(key) or {}), value)
+        elif out.get(key) is None:
+            out[key] = value
+    return out
+
+
+def _max_new(data: dict) -> int:
+    return int((data.get("rollout") or {}).get("max_new_tokens") or RolloutConfig().max_new_tokens)
+
+
+CORRECT_01 = [{"name": "correctness", "weight": 1.0, "kwargs": {}}]
+
+
+def _base(data: dict) -> dict:
+    """Fields every preset shares unless it says otherwise."""
+    return {
+        "algo": {"advantage": "grpo", "advantage_kwargs": {}, "surrogate": "ppo_clip",
+                 "surrogate_kwargs": {"eps_low": 0.2, "eps_high": 0.2}, "weighting": "token_mean",
+                 "weighting_kwargs": {}, "token_filter": "none", "token_filter_kwargs": {},
+                 "kl": {"coef": 0.0, "estimator": "k3", "placement": "loss"},
+                 "entropy": {"mode": "constant", "kwargs": {"coef": 0.0}},
+                 "mini_batches": 1, "dynamic_sampling": False},
+        "reward": {"functions": CORRECT_01, "truncated": "keep", "overlong_cache": 0, "overlong_factor": 1.0},
+    }
+
+
+def _with(data: dict, algo: dict | None = None, reward: dict | None = None) -> dict:
+    base = _base(data)
+    base["algo"].update(algo or {})
+    base["reward"].update(reward or {})
+    return base
+
+
+PRESETS = {
+    # DeepSeekMath: z-score groups, symmetric clip, per-sequence mean, k3 KL 0.04 in the loss
+    "grpo": lambda d: _with(d, {"weighting": "seq_mean_token_mean",
+                                "kl": {"coef": 0.04, "estimator": "k3", "placement": "loss"}}),
+    # TRL's current default: token-level loss, no KL
+    "grpo_trl": lambda d: _with(d),
+    # Dr. GRPO (oat): mean-centred, constant length normaliser, truncated -> 0, 8 updates per rollout
+    "dr_grpo": lambda d: _with(d, {"advantage": "drgrpo", "weighting": "const_len",
+                                   "weighting_kwargs": {"max_len": _max_new(d)}, "mini_batches": 8},
+                               {"truncated": "zero"}),
+    # DAPO: clip-higher + dual clip, token mean, dynamic sampling, soft overlong punishment, +-1 rewards
+    "dapo": lambda d: _with(d, {"surrogate_kwargs": {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 10.0},
+                                "dynamic_sampling": True, "mini_batches": 16},
+                            {"functions": [{"name": "correctness", "weight": 1.0,
+                                            "kwargs": {"correct": 1.0, "wrong": -1.0}}],
+                             "overlong_cache": max(1, _max_new(d) // 4)}),
+    # RLOO: leave-one-out baseline, KL (k1) folded into the reward
+    "rloo": lambda d: _with(d, {"advantage": "rloo",
+                                "kl": {"coef": 0.01, "estimator": "k1", "placement": "reward"}}),
+    # REINFORCE++-baseline: group-centred then batch-whitened, k2 KL in the loss
+    "reinforce_pp": lambda d: _with(d, {"advantage": "reinforce_pp_baseline",
+                                        "kl": {"coef": 0.01, "estimator": "k2", "placement": "loss"}}),
+}
