@@ -9,6 +9,7 @@ live beside their code.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -150,6 +151,15 @@ class Config(Frozen):
 
 
 # ---------------------------------------------------------------------------------------------
+class Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 (no dot) as a float: YAML 1.1 would read it as text."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The config class found by walking `loc` (field names and list indices) from `model`."""
     cur: Any = model
@@ -200,7 +210,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key; write e.g. sft.optim.lr=3e-4")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.load(value, Loader=Loader) if value != "" else ""
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -269,7 +279,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(p)!r} not found; give a path to a YAML file "
                           f"(ready ones are in configs/)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(), Loader=Loader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)

