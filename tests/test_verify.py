@@ -1,0 +1,132 @@
+"""Answer extraction and equivalence: realistic model outputs and tricky cases, pinned."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sftrl.registry import RegistryError
+from sftrl.tasks.base import Problem
+from sftrl.verify import (REWARDS, extract, extract_flexible, extract_strict, is_correct, is_equiv,
+                          resolve_reward, to_number)
+
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    ("7*3=21, 12+21=33 #### 33", "33", "33"),
+    ("#### 1,234", "1,234", "1,234"),
+    ("so we get #### -7\n", "-7", "-7"),
+    ("#### 12\nThat's it!", "12", "12"),
+    ("#### 5. ", "5", "5"),
+    ("first #### 3 then #### 4", "4", "4"),                       # the last marker wins
+    ("The answer is \\boxed{42}.", "42", "42"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "\\frac{1}{2}"),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}} and more", "\\frac{\\sqrt{2}}{2}", "\\frac{\\sqrt{2}}{2}"),
+    ("#### 3 but finally \\boxed{4}", "4", "4"),                  # later \boxed beats earlier ####
+    ("\\boxed{4} then #### 5", "5", "5"),
+    ("\\boxed{1 + {2}", None, "2"),                                # unbalanced braces: no strict answer
+    ("I think it is 17 or maybe 18", None, "18"),
+    ("total: 1,234,567 apples", None, "1,234,567"),
+    ("it's 3.50 dollars", None, "3.50"),
+    ("half is 1/2", None, "1/2"),
+    ("drop to -12.", None, "-12"),
+    ("no numbers here", None, None),
+    ("", None, None),
+    ("####", None, None),
+    ("#### \n", None, None),
+])
+def test_extraction(text, strict, flexible):
+    assert extract_strict(text) == strict
+    assert extract_flexible(text) == flexible
+    assert extract(text, "strict") == strict and extract(text, "flexible") == flexible
+
+
+def test_extract_none_and_bad_mode():
+    assert extract_strict(None) is None and extract_flexible(None) is None
+    with pytest.raises(ValueError, match="use 'strict' or 'flexible'"):
+        extract("x", "loose")
+
+
+@pytest.mark.parametrize("s, value", [
+    ("1,234", 1234), ("-5", -5), ("+3", 3), ("3.50", 3.5), ("0.5", 0.5), ("1/2", 0.5),
+    ("\\frac{1}{2}", 0.5), ("\\dfrac{3}{4}", 0.75), ("-\\frac{1}{2}", -0.5), ("$5$", 5), ("5.", 5),
+    ("$1,234.00", 1234), (".5", 0.5), ("12,34", None), ("abc", None), ("1/0", None), ("", None),
+    ("1e999999999", None), ("9" * 500, None),
+])
+def test_to_number(s, value):
+    got = to_number(s)
+    assert (got is None) if value is None else (got == value)
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    ("1,234", "1234", True), ("1234", "1,234", True), ("-7", "-7", True), ("-7", "7", False),
+    ("0.50", "0.5", True), ("3.5", "7/2", True), ("\\frac{1}{2}", "0.5", True),
+    ("0.5", "\\frac{1}{2}", True), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True),
+    ("x+1", "1+x", True), ("x+2", "1+x", False), ("12", "13", False), ("12 apples", "12", False),
+    (None, "3", False), ("", "3", False),
+])
+def test_equivalence(pred, gold, equal):
+    assert is_equiv(pred, gold) is equal
+
+
+@pytest.mark.parametrize("text, gold, strict, flexible", [
+    ("3*9=27, 27-8=19 #### 19", "19", True, True),
+    ("3*9=27, 27-8=19", "19", False, True),                       # no marker: only flexible finds it
+    ("#### 1,000", "1000", True, True),
+    ("The answer is \\boxed{\\frac{1}{2}}.", "0.5", True, True),
+    ("#### 18 because 17", "17", False, False),
+])
+def test_is_correct_modes(text, gold, strict, flexible):
+    assert is_correct(text, gold, "strict") is strict
+    assert is_correct(text, gold, "flexible") is flexible
+
+
+def test_huge_output_is_fast_and_right():
+    text = "blah 12 " * 25_000 + "#### 99"                        # 200 kB
+    t0 = time.perf_counter()
+    assert extract_strict(text) == "99" and is_correct(text, "99")
+    assert extract_flexible("7 " * 100_000) == "7"
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_symbolic_checks_from_threads_match_main_thread():
+    pairs = [("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"), ("x^2+2x+1", "(x+1)^2"),
+             ("\\pi", "3.14"), ("2\\sqrt{3}", "\\sqrt{12}"), ("\\frac{3}{6}", "\\frac{1}{2}")] * 4
+    main = [is_equiv(p + " ", g) for p, g in pairs]               # trailing space: bypass the cache
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda pg: is_equiv(pg[0] + "  ", pg[1]), pairs))
+    assert threaded == main == [True, True, False, True, True] * 4
+
+
+def test_pathological_input_times_out_and_worker_recovers():
+    t0 = time.perf_counter()
+    assert is_equiv("9^{9^{9^{9}}}", "9^{9^{9^{8}}}", timeout=1.0) is False
+    assert time.perf_counter() - t0 < 4.0
+    assert is_equiv("\\frac{2}{4}", "\\frac{1}{2}") is True      # a fresh worker answers
+
+
+def _problems(*answers):
+    return [Problem(id=str(i), prompt="q", answer=a) for i, a in enumerate(answers)]
+
+
+def test_reward_functions_values():
+    texts = ["#### 3", "#### 4", "3", "\\boxed{5}"]
+    probs = _problems("3", "3", "3", "5")
+    assert REWARDS["correctness"](texts, probs) == [1.0, 0.0, 0.0, 1.0]
+    assert REWARDS["correctness"](texts, probs, correct=1.0, wrong=-1.0) == [1.0, -1.0, -1.0, 1.0]
+    assert REWARDS["correctness"](texts, probs, mode="flexible") == [1.0, 0.0, 1.0, 1.0]
+    assert REWARDS["format"](texts, probs, value=0.5) == [0.5, 0.5, 0.0, 0.5]
+
+
+def length_penalty(completions, problems, *, scale=0.1):
+    return [-scale * len(c) for c in completions]
+
+
+def test_custom_and_unknown_rewards():
+    fn = resolve_reward("tests.test_verify:length_penalty")
+    assert fn(["ab", "abcd"], _problems("1", "1"), scale=0.5) == [-1.0, -2.0]
+    with pytest.raises(RegistryError, match="did you mean 'correctness'"):
+        resolve_reward("corectness")
+    with pytest.raises(ValueError, match="has no attribute"):
+        resolve_reward("tests.test_verify:nope")
+    with pytest.raises(ValueError, match="cannot import module"):
+        resolve_reward("no_such_module_xyz:f")
