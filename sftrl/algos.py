@@ -37,6 +37,7 @@ def grpo(r: torch.Tensor, *, eps: float = 1e-6, std_scope: str = "group") -> tor
         std = r.std() if r.numel() > 1 else torch.ones(())
     else:
         raise ValueError(f"grpo: std_scope={std_scope!r}; use 'group', 'batch' or 'none'")
+    std = torch.where(std > 0, std, torch.ones_like(std))   # all-equal groups: 0 / 1, never 0 / 0
     return centred / (std + eps)                                                # [P, G]
 
 
@@ -59,6 +60,7 @@ def reinforce_pp_baseline(r: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor
     valid tokens, weighting long responses more; here each response counts once."""
     centred = _center(r)                                                        # [P, G]
     std = centred.std() if centred.numel() > 1 else torch.ones(())
+    std = std if std > 0 else torch.ones(())
     return (centred - centred.mean()) / (std + eps)                             # [P, G]
 
 

