@@ -111,8 +111,9 @@ def rl_step(s) -> dict:
     opt, sched = s.optimizer("rl", cfg.optim)
     lr = sched.get_last_lr()[0]
     totals: dict[str, float] = defaultdict(float)
-    rows_all = torch.arange(ids.shape[0])
-    for mb_rows in rows_all.chunk(cfg.algo.mini_batches):
+    mini = torch.arange(ids.shape[0]).chunk(cfg.algo.mini_batches)   # contiguous, whole groups when G divides
+    n_mb = len(mini)
+    for mb_rows in mini:
         w_pg = algo.weighting(mask[mb_rows])                                    # [n, T]
         w_tok = algos.WEIGHTINGS["token_mean"](mask[mb_rows])                   # [n, T]
         for sl in _micro(len(mb_rows), cfg.micro_batch_size):
@@ -129,20 +130,33 @@ def rl_step(s) -> dict:
                 kl = (algo.kl(logp, ref_logp[rows]) * w_p).sum()
                 if kl_cfg.placement == "loss" and kl_cfg.coef > 0:
                     loss = loss + kl_cfg.coef * kl
-                totals["policy/kl"] += kl.item() / cfg.algo.mini_batches
+                    totals["loss/kl"] += kl_cfg.coef * kl.item() / n_mb
+                totals["policy/kl"] += kl.item() / n_mb
             loss.backward()
-            totals["loss/pg"] += loss_pg.item() / cfg.algo.mini_batches
-            totals["loss/total"] += loss.item() / cfg.algo.mini_batches
-            totals["policy/entropy"] += bonus.item() / cfg.algo.mini_batches
-        totals["grad/norm"] += s.clip_and_step("rl", cfg.optim.grad_clip) / cfg.algo.mini_batches
+            totals["loss/pg"] += loss_pg.item() / n_mb
+            totals["loss/entropy"] += coef * bonus.item() / n_mb
+            totals["loss/total"] += loss.item() / n_mb
+            totals["policy/entropy"] += bonus.item() / n_mb
+            for name, ind in _clip_indicators(logp.detach(), old_logp[rows], adv[rows], cfg.algo).items():
+                totals[f"policy/clip_{name}"] += (ind * w_t).sum().item() / n_mb
+        totals["grad/norm"] += s.clip_and_step("rl", cfg.optim.grad_clip) / n_mb
     t_upd = time.perf_counter()
 
     # -- 6. controllers and report ---------------------------------------------------------
     s.entropy_ctl = s.entropy_ctl.update(totals["policy/entropy"], s.step)
-    return {**totals, **sc.parts, **extra, **_rollout_metrics(ro, sc, r, adv, mask, old_logp, algo, cfg),
+    return {**totals, **sc.parts, **extra, **_rollout_metrics(ro, sc, r, adv, mask, keep_tok),
             "entropy/coef": coef, "optim/lr": lr, "time/rollout": t_gen - t0,
             "time/logp_ref": t_ref - t_gen, "time/update": t_upd - t_ref,
             "perf/tokens_per_s": float(ro.completion_mask.sum()) / max(t_upd - t0, 1e-9)}
+
+
+def _clip_indicators(logp, old_logp, adv, acfg) -> dict:
+    """Clip-region indicators for surrogates that have an epsilon (empty otherwise)."""
+    kw = acfg.surrogate_kwargs or {}
+    if "eps_low" not in kw and "eps_high" not in kw:
+        return {}
+    return algos.clip_indicators(logp, old_logp, adv, eps_low=kw.get("eps_low", 0.2),
+                                 eps_high=kw.get("eps_high", 0.2))
 
 
 def _micro(n: int, size: int | None) -> list[slice]:
@@ -150,7 +164,7 @@ def _micro(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def _rollout_metrics(ro, sc, r, adv, mask, old_logp, algo, cfg) -> dict:
+def _rollout_metrics(ro, sc, r, adv, mask, keep_tok) -> dict:
     """Reward, length, group-signal and clipping numbers of the rollout (no gradients)."""
     lengths = ro.lengths                                                        # [N]
     zero_std = (r.max(1).values == r.min(1).values).float()                      # [P]
@@ -161,5 +175,6 @@ def _rollout_metrics(ro, sc, r, adv, mask, old_logp, algo, cfg) -> dict:
            "groups/solve_all_frac": float((sc.acc.min(1).values == 1).float().mean()),
            "rollout/len_mean": float(lengths.mean()), "rollout/len_max": float(lengths.max()),
            "rollout/truncated_frac": float(ro.truncated.float().mean()),
-           "adv/mean": float(adv.mean()), "adv/abs_mean": float(adv.abs().mean())}
+           "adv/mean": float(adv.mean()), "adv/abs_mean": float(adv.abs().mean()),
+           "policy/filtered_frac": float(((1 - keep_tok) * mask).sum() / mask.sum().clamp(min=1.0))}
     return out
