@@ -8,6 +8,7 @@ live beside their code.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import typing
@@ -216,7 +217,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
+def _set_path(tree: dict, path: list[str], value: Any, text: str, defaults: Any) -> None:
+    """Set `value` at dotted `path` in the user's tree. Only what the user wrote is in the tree
+    (so presets can fill the rest); a list index into a list the user did not write starts
+    from a copy of the default list."""
     cur: Any = tree
     for i, part in enumerate(path):
         last = i == len(path) - 1
@@ -225,29 +229,25 @@ def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
                 raise ConfigError(f"override {text!r}: {'.'.join(path[:i]) or 'list'} has "
                                   f"{len(cur)} entries; index {part!r} is out of range")
             part = int(part)
-            if last:
-                cur[part] = value
-            else:
-                cur = cur[part]
-            continue
+        elif not isinstance(cur, dict):
+            raise ConfigError(f"override {text!r}: {'.'.join(path[:i])} is not a section")
+        defaults = _child(defaults, part)
         if last:
             cur[part] = value
-        else:
-            nxt = cur.get(part)
-            if not isinstance(nxt, (dict, list)):
-                nxt = {}
-                cur[part] = nxt
-            cur = nxt
+            return
+        nxt = cur[part] if isinstance(cur, list) else cur.get(part)
+        if not isinstance(nxt, (dict, list)):
+            nxt = copy.deepcopy(defaults) if isinstance(defaults, list) else {}
+            cur[part] = nxt
+        cur = nxt
 
 
-def _merge(base: Any, over: Any) -> Any:
-    """Deep-merge dicts: `over` wins; lists are replaced whole."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = _merge(base.get(k), v) if k in base else v
-        return out
-    return over
+def _child(defaults: Any, part) -> Any:
+    if isinstance(defaults, dict):
+        return defaults.get(part)
+    if isinstance(defaults, list) and isinstance(part, int) and part < len(defaults):
+        return defaults[part]
+    return None
 
 
 def build_config(data: dict, overrides: list[str] = (), cls: type[BaseModel] | None = None):
@@ -255,10 +255,11 @@ def build_config(data: dict, overrides: list[str] = (), cls: type[BaseModel] | N
     cls = cls or Config
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
-    tree = _merge(cls().model_dump(mode="python"), data) if _has_defaults(cls) else dict(data)
+    tree = copy.deepcopy(data)
+    defaults = cls().model_dump(mode="python") if _has_defaults(cls) else {}
     for text in overrides:
         path, value = parse_override(text)
-        _set_path(tree, path, value, text)
+        _set_path(tree, path, value, text, defaults)
     try:
         return cls.model_validate(tree)
     except ValidationError as err:
