@@ -64,8 +64,9 @@ def cmd_eval(a) -> int:
         raise ValueError(f"{run} is not a finished run directory (needs config.yaml and model/)")
     data = load_yaml(run / "config.yaml")
     cfg = build_config(data, [f"model.name={(run / 'model').resolve()}", *a.overrides])
-    from sftrl.train import Session
     from sftrl.runlog import RunDir
+    from sftrl.train import Session, quiet_libraries
+    quiet_libraries()
     s = Session(cfg, RunDir(run))
     metrics, _ = s.evaluate_all()
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))

@@ -44,7 +44,7 @@ def evaluate(model, tokenizer, problems, prompts: list[str], *, key: str, ecfg,
              gen: torch.Generator) -> tuple[dict[str, float], list[dict]]:
     """Metrics `eval/<key>/...` and one record per problem (greedy and sampled answers)."""
     m: dict[str, float] = {f"eval/{key}/n": float(len(problems))}
-    records = [{"task": key, "problem_id": p.id, "gold": p.answer} for p in problems]
+    records = [{"task": key, "problem_id": p.id, "prompt": p.prompt, "gold": p.answer} for p in problems]
     if ecfg.greedy:
         texts, lengths = _generate(model, tokenizer, prompts, n=1, greedy=True, ecfg=ecfg, gen=gen)
         strict = [verify.extract(t, "strict") for t in texts]

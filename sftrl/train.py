@@ -154,8 +154,17 @@ class Session:
         return metrics, records
 
 
+def quiet_libraries() -> None:
+    """Hide third-party progress bars (weights loading/saving): our own display is the progress."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     """Run the phases of `cfg` into `out_dir`; return final.json's content."""
+    quiet_libraries()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     run = RunDir(out_dir)
