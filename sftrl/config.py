@@ -117,7 +117,7 @@ class EvalConfig(Frozen):
 
 
 class LogConfig(Frozen):
-    every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+    every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
     samples_every: int = Field(50, ge=0, description="Write completions to samples.jsonl every N "
                                "steps (0 = only at evaluations).")
     samples_n: int = Field(16, ge=0, description="Completions kept per samples.jsonl entry.")
