@@ -1,0 +1,152 @@
+"""Per-step wall time and peak memory of our RL step against TRL's GRPOTrainer, identical workload.
+
+Workload (both sides): the same random-init Llama and character tokenizer (saved once and loaded
+by both), `arith` prompts, 16 prompts x 8 completions, at most 64 new tokens, temperature 1,
+beta 0.04 (k3 in the loss), epsilon 0.2, one optimiser update per rollout, per-sequence loss
+normalisation (TRL loss_type="grpo" = our `grpo` preset), fp32, no gradient checkpointing,
+same threads. Each side runs in its own subprocess so peak RSS is its own.
+
+    python benchmarks/bench_vs_trl.py [--steps 6] [--hidden 256] [--layers 4] [--threads 2]
+
+Prints one JSON line per side and the ratio of median step times (ours / TRL). Needs `trl`
+(pip install -e .[trl]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+P, G, MAX_NEW, BETA, EPS = 16, 8, 64, 0.04, 0.2
+
+
+def make_model(out: Path, hidden: int, layers: int) -> None:
+    from sftrl.config import TinyModelConfig
+    from sftrl.models import build_char_tokenizer, save_policy, tiny_model
+    tok = build_char_tokenizer()
+    model = tiny_model(TinyModelConfig(hidden_size=hidden, num_layers=layers, num_heads=4), len(tok),
+                       seed=0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    save_policy(model, tok, out)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_ours(model_dir: str, steps: int, threads: int) -> dict:
+    import copy
+
+    import torch
+    from sftrl.config import build_config
+    from sftrl.rl import rl_step
+    from sftrl.runlog import RunDir
+    from sftrl.train import Session, quiet_libraries
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    cfg = build_config({"phases": [{"kind": "rl", "steps": steps}]}, [
+        f"model.name={model_dir}", "rl.algo.preset=grpo", f"rl.algo.kl.coef={BETA}",
+        f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}",
+        f"rl.rollout.max_new_tokens={MAX_NEW}", "rl.optim.lr=1e-5", "task.train_size=2000"])
+    s = Session(cfg, RunDir(tempfile.mkdtemp()))
+    s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
+    times, parts = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        m = rl_step(s)
+        s.step += 1
+        times.append(time.perf_counter() - t0)
+        parts.append({k: m[k] for k in ("time/rollout", "time/logp_ref", "time/update", "rollout/len_mean")})
+    return {"side": "sftrl", "step_s": times, "parts": parts, "peak_rss_mb": peak_mb()}
+
+
+def run_trl(model_dir: str, steps: int, threads: int) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from sftrl.tasks.arith import generate
+    from sftrl.verify import is_correct
+    torch.set_num_threads(threads)
+    problems = generate(split="train", n=2000, seed=1234)
+    answers = {p.prompt + "\n": p.answer for p in problems}
+    data = Dataset.from_dict({"prompt": [p.prompt + "\n" for p in problems]})
+
+    def correctness(prompts, completions, **kw):
+        return [float(is_correct(c, answers[p])) for p, c in zip(prompts, completions)]
+
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(["begin", time.perf_counter()])
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(["end", time.perf_counter()])
+
+    args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=P * G, num_generations=G,
+                          gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+                          max_completion_length=MAX_NEW, temperature=1.0, beta=BETA, epsilon=EPS,
+                          loss_type="grpo", learning_rate=1e-5, max_steps=steps, bf16=False, fp16=False,
+                          use_cpu=True, gradient_checkpointing=False, report_to=[], logging_steps=1,
+                          save_strategy="no", use_bias_correction_kl=False, dataloader_num_workers=0,
+                          seed=0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=correctness, args=args, train_dataset=data,
+                              processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    begins = [t for k, t in stamps if k == "begin"]
+    ends = [t for k, t in stamps if k == "end"]
+    # TRL generates inside the step (in _prepare_inputs), so begin->end covers the whole step
+    times = [e - b for b, e in zip(begins, ends)]
+    return {"side": "trl", "trl_version": trl.__version__, "step_s": times, "peak_rss_mb": peak_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--side", choices=["sftrl", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.side:
+        fn = run_ours if a.side == "sftrl" else run_trl
+        print("RESULT " + json.dumps(fn(a.model, a.steps, a.threads)))
+        return
+    model_dir = Path(tempfile.mkdtemp()) / "model"
+    make_model(model_dir, a.hidden, a.layers)
+    results = {}
+    for side in ("sftrl", "trl"):
+        out = subprocess.run([sys.executable, __file__, "--side", side, "--model", str(model_dir),
+                              "--steps", str(a.steps), "--threads", str(a.threads)],
+                             capture_output=True, text=True)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
+        results[side] = json.loads(line[len("RESULT "):])
+    summary = {}
+    for side, r in results.items():
+        steady = r["step_s"][1:] or r["step_s"]          # the first step pays one-time costs
+        summary[side] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["peak_rss_mb"]}
+        print(json.dumps({side: summary[side], "steps_s": [round(t, 3) for t in r["step_s"]]}))
+    ratio = summary["sftrl"]["median_step_s"] / summary["trl"]["median_step_s"]
+    print(json.dumps({"ratio_step_time_ours_over_trl": round(ratio, 3),
+                      "workload": {"prompts": P, "group": G, "max_new_tokens": MAX_NEW, "beta": BETA,
+                                   "epsilon": EPS, "hidden": a.hidden, "layers": a.layers,
+                                   "threads": a.threads, "trl": results["trl"].get("trl_version")},
+                      "parts_sftrl_last": results["sftrl"]["parts"][-1]}))
+
+
+if __name__ == "__main__":
+    main()
