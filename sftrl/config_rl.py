@@ -96,7 +96,9 @@ class RLConfig(Frozen):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling settings.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
     algo: AlgoConfig = Field(default_factory=AlgoConfig, description="The algorithm.")
-    micro_batch_size: int | None = Field(None, description="Rows per forward/backward; never changes the objective.")
+    micro_batch_size: int | None = Field(32, description="Rows per forward/backward, grouped by "
+                                         "completion length so short rows are not padded to the longest; "
+                                         "never changes the objective. None = whole mini-batch.")
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0),
                                description="Optimiser of RL steps.")
 

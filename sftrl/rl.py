@@ -90,21 +90,27 @@ def rl_step(s) -> dict:
     mask = ro.completion_mask * sc.keep[:, None].to(ro.completion_mask)         # [N, T]
 
     # -- 3. behaviour and reference log-probs from the training forward, once per step ------
+    # With one update per rollout and nothing that reads them before the update, the behaviour
+    # log-probs equal the update's own (detached): skip that pass, as TRL does.
+    temp, chunk = cfg.rollout.temperature, cfg.micro_batch_size or ids.shape[0]
+    kl_cfg = cfg.algo.kl
+    need_old = cfg.algo.mini_batches > 1 or cfg.algo.token_filter != "none" or \
+        (kl_cfg.placement == "reward" and kl_cfg.coef > 0)
     with torch.no_grad():
-        old_logp, old_ent = logprobs.token_logp_and_entropy(
-            s.model, ids, attn, Lp, temperature=cfg.rollout.temperature)        # [N, T] each
-        ref_logp = logprobs.token_logp(s.ref, ids, attn, Lp, temperature=cfg.rollout.temperature) \
+        old_logp, old_ent = _forward_rows(s.model, ids, attn, Lp, ro.lengths, chunk, temp) \
+            if need_old else (None, None)                                       # [N, T] each
+        ref_logp = _forward_rows(s.ref, ids, attn, Lp, ro.lengths, chunk, temp, entropy=False)[0] \
             if s.ref is not None else None                                      # [N, T]
     t_ref = time.perf_counter()
     r = sc.r                                                                    # [P, G]
-    kl_cfg = cfg.algo.kl
     if ref_logp is not None and kl_cfg.placement == "reward" and kl_cfg.coef > 0:
         seq_kl = (algo.kl(old_logp, ref_logp) * mask).sum(1)                    # [N]
         r = r - kl_cfg.coef * seq_kl.view(-1, G)
 
     # -- 4. advantages and token filter, once for the whole rollout -----------------------
     adv = algo.advantage(r).reshape(-1, 1)                                      # [N, 1]
-    keep_tok, penalise = algo.token_filter(old_logp, adv, old_ent, mask, gen=s.rngs.sample)
+    keep_tok, penalise = algo.token_filter(old_logp, adv, old_ent, mask, gen=s.rngs.sample) \
+        if need_old else (torch.ones_like(mask), torch.zeros_like(mask))
     coef = s.entropy_ctl.coef
 
     # -- 5. optimise: mini-batches are optimiser steps; micro-batches only split the compute --
@@ -116,14 +122,14 @@ def rl_step(s) -> dict:
     for mb_rows in mini:
         w_pg = algo.weighting(mask[mb_rows])                                    # [n, T]
         w_tok = algos.WEIGHTINGS["token_mean"](mask[mb_rows])                   # [n, T]
-        for sl in _micro(len(mb_rows), cfg.micro_batch_size):
-            rows = mb_rows[sl]
-            w_p, w_t = w_pg[sl], w_tok[sl]
-            logp, ent = logprobs.token_logp_and_entropy(s.model, ids[rows], attn[rows], Lp,
-                                                         temperature=cfg.rollout.temperature)
-            pg_tok = algo.surrogate(logp, old_logp[rows], adv[rows], mask[rows]) * keep_tok[rows]
+        for local in _micro_rows(ro.lengths[mb_rows], cfg.micro_batch_size):
+            rows = mb_rows[local]
+            w_p, w_t = w_pg[local], w_tok[local]
+            logp, ent = _forward(s.model, ids, attn, Lp, rows, temp)                   # [n, T]
+            old = old_logp[rows] if old_logp is not None else logp.detach()
+            pg_tok = algo.surrogate(logp, old, adv[rows], mask[rows]) * keep_tok[rows]
             loss_pg = (pg_tok * w_p).sum()
-            loss_cov = ((logp - old_logp[rows]).abs() * penalise[rows] * w_p).sum()   # KL-Cov
+            loss_cov = ((logp - old).abs() * penalise[rows] * w_p).sum()               # KL-Cov
             bonus = (ent * w_t).sum()
             loss = loss_pg + loss_cov - coef * bonus
             if ref_logp is not None:
@@ -137,7 +143,7 @@ def rl_step(s) -> dict:
             totals["loss/entropy"] += coef * bonus.item() / n_mb
             totals["loss/total"] += loss.item() / n_mb
             totals["policy/entropy"] += bonus.item() / n_mb
-            for name, ind in _clip_indicators(logp.detach(), old_logp[rows], adv[rows], cfg.algo).items():
+            for name, ind in _clip_indicators(logp.detach(), old, adv[rows], cfg.algo).items():
                 totals[f"policy/clip_{name}"] += (ind * w_t).sum().item() / n_mb
         totals["grad/norm"] += s.clip_and_step("rl", cfg.optim.grad_clip) / n_mb
     t_upd = time.perf_counter()
@@ -159,9 +165,30 @@ def _clip_indicators(logp, old_logp, adv, acfg) -> dict:
                                  eps_high=kw.get("eps_high", 0.2))
 
 
-def _micro(n: int, size: int | None) -> list[slice]:
-    size = size or n
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+def _micro_rows(lengths: torch.Tensor, size: int | None) -> list[torch.Tensor]:
+    """Local row indices in micro-batches of `size`, longest completions first, so each micro-batch
+    is only as wide as its own longest completion (weights make the order irrelevant)."""
+    order = torch.argsort(lengths, descending=True, stable=True)               # [n]
+    return list(order.split(size or len(order)))
+
+
+def _forward(model, ids, attn, Lp: int, rows: torch.Tensor, temperature: float, entropy: bool = True):
+    """(logp, ent) [n, T] of `rows`, computed only up to the longest completion among them."""
+    T = ids.shape[1] - Lp
+    width = max(1, int(attn[rows, Lp:].sum(1).max()))
+    logp, ent = logprobs.token_logp_and_entropy(model, ids[rows, :Lp + width], attn[rows, :Lp + width], Lp,
+                                                temperature=temperature, with_entropy=entropy)
+    pad = (0, T - width)
+    return torch.nn.functional.pad(logp, pad), torch.nn.functional.pad(ent, pad)
+
+
+def _forward_rows(model, ids, attn, Lp: int, lengths, chunk: int, temperature: float, entropy: bool = True):
+    """(logp, ent) [N, T] of every row, in length-sorted chunks (no gradients needed by callers)."""
+    logp = torch.zeros(ids.shape[0], ids.shape[1] - Lp, device=ids.device)
+    ent = torch.zeros_like(logp)
+    for rows in _micro_rows(lengths, chunk):
+        logp[rows], ent[rows] = _forward(model, ids, attn, Lp, rows, temperature, entropy)
+    return logp, ent
 
 
 def _rollout_metrics(ro, sc, r, adv, mask, keep_tok) -> dict:
