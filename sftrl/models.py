@@ -77,9 +77,11 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline mode is set or the hub endpoint does not answer within `timeout`."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
+    """False when an offline switch is set or the hub endpoint does not answer within `timeout`,
+    so hub ids fail in seconds on machines without the hub instead of hanging in retries."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "0").lower() in ("1", "true", "yes"):
+            return False
     from huggingface_hub import constants
     url = urlparse(constants.ENDPOINT)
     try:

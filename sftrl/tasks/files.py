@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from pathlib import Path
 
 from sftrl.tasks.base import TASKS, Problem
@@ -110,26 +108,11 @@ load_jsonl.validate = _validate_jsonl
 TASKS.register("jsonl")(load_jsonl)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False in offline mode or when the hub endpoint does not answer within `timeout` seconds."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "0").lower() in ("1", "true", "yes"):
-            return False
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_hub(*, split: str, n: int | None, seed: int, source: str | None = None,
              test_split: str = "test") -> list[Problem]:
     """A hub dataset in GSM8K or MATH format through `datasets` (users with hub access)."""
     dataset_id, _, config = (source or "").partition(":")
+    from sftrl.models import hub_reachable
     if not hub_reachable():
         raise ValueError(f"cannot reach the Hugging Face hub for {dataset_id!r} (offline?); "
                          f"download it as JSONL and use jsonl:<path>")
