@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from sftrl.registry import Registry, check_kwargs
+from sftrl.registry import Registry, did_you_mean
 
 ENTROPY = Registry("entropy controller")
 TOKEN_FILTERS = Registry("token filter")   # (old_logp, adv, ent, mask, *, gen) -> (keep, penalise)
@@ -98,7 +98,6 @@ def make_controller(mode: str, kwargs: dict | None):
     fields = list(cls.__dataclass_fields__)
     for key in kwargs:
         if key not in fields:
-            from sftrl.registry import did_you_mean
             raise ValueError(f"entropy controller {mode!r}: unknown setting {key!r}; {did_you_mean(key, fields)}")
     return cls(**kwargs)
 
@@ -164,6 +163,3 @@ def kl_cov(old_logp, adv, ent, mask, *, gen=None, k: float = 2e-4, coef: float =
         penalise[cov.topk(n).indices] = coef
     return torch.ones_like(mask), penalise.view_as(mask) * mask
 
-
-def check_filter_kwargs(name: str, kwargs: dict) -> None:
-    check_kwargs(TOKEN_FILTERS[name], kwargs, f"token filter {name!r}")

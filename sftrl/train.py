@@ -40,10 +40,6 @@ class Rngs:
     eval: torch.Generator           # evaluation sampling (pass@k), separate so eval never shifts training
     init_seed: int                  # model initialisation
 
-    def state(self) -> dict:
-        return {"data": self.data.bit_generator.state, "sample": self.sample.get_state(),
-                "eval": self.eval.get_state(), "init_seed": self.init_seed}
-
 
 def make_rngs(seed: int) -> Rngs:
     data, sample, ev, init = np.random.SeedSequence(seed).spawn(4)
