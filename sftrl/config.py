@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from sftrl.config_base import ConfigError, Frozen, OptimConfig  # noqa: F401  (re-exported)
 from sftrl.config_rl import RLConfig
+from sftrl.registry import RegistryError, did_you_mean
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +100,59 @@ class SFTConfig(Frozen):
 
 
 class Phase(Frozen):
-    kind: Literal["sft", "rl"] = Field(description="What the phase runs.")
-    steps: int = Field(ge=0, description="Optimiser steps in this phase.")
+    kind: Literal["sft", "rl", "alternate"] = Field(description="What the phase runs: sft, rl, or "
+                                                    "alternate (rl_steps RL steps, then sft_steps SFT steps, repeated).")
+    steps: int = Field(ge=0, description="Optimiser steps in this phase (all kinds counted).")
+    rl_steps: int = Field(4, ge=1, description="alternate: RL steps per cycle.")
+    sft_steps: int = Field(1, ge=1, description="alternate: SFT steps per cycle.")
+
+    def kind_at(self, i: int) -> str:
+        """Step kind of the phase's i-th step (0-based)."""
+        if self.kind != "alternate":
+            return self.kind
+        return "rl" if i % (self.rl_steps + self.sft_steps) < self.rl_steps else "sft"
+
+    def count(self, kind: str) -> int:
+        """Steps of `kind` in this phase."""
+        if self.kind != "alternate":
+            return self.steps if kind == self.kind else 0
+        cycle = self.rl_steps + self.sft_steps
+        full, rest = divmod(self.steps, cycle)
+        rl = full * self.rl_steps + min(rest, self.rl_steps)
+        return rl if kind == "rl" else self.steps - rl
+
+
+class ScheduleConfig(Frozen):
+    steps: int = Field(200, ge=1, description="Step budget a `method` splits into phases (used only "
+                       "when phases are not written out).")
+    sft_frac: float = Field(0.5, ge=0, le=1, description="sft_then_rl: share of the budget spent on SFT first.")
+    rl_steps: int = Field(4, ge=1, description="alternate: RL steps per cycle.")
+    sft_steps: int = Field(1, ge=1, description="alternate: SFT steps per cycle.")
+
+
+def _method_phases(kind: str):
+    def fill(sch: dict) -> list[dict]:
+        s = ScheduleConfig(**sch)
+        if kind == "sft_then_rl":
+            n_sft = round(s.steps * s.sft_frac)
+            return [{"kind": "sft", "steps": n_sft}, {"kind": "rl", "steps": s.steps - n_sft}]
+        if kind == "alternate":
+            return [{"kind": "alternate", "steps": s.steps, "rl_steps": s.rl_steps, "sft_steps": s.sft_steps}]
+        return [{"kind": kind, "steps": s.steps}]
+    return fill
+
+
+METHODS: dict[str, tuple] = {
+    # name: (phases from the schedule budget, RL preset filled into rl.algo.preset)
+    "sft": (_method_phases("sft"), None),
+    "sft_then_rl": (_method_phases("sft_then_rl"), None),
+    "alternate": (_method_phases("alternate"), None),
+    **{name: (_method_phases("rl"), name) for name in
+       ("grpo", "grpo_trl", "dr_grpo", "dapo", "rloo", "reinforce_pp", "joint", "relift", "superrl",
+        "hpt", "luffy", "srft", "chord")},
+}
+"""Named methods: a schedule of phases plus an RL preset. Written phases and an explicit
+rl.algo.preset win over the method's."""
 
 
 class EvalConfig(Frozen):
@@ -133,12 +185,36 @@ class Config(Frozen):
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for exact reruns.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Training task (its test split is evaluated).")
+    method: str | None = Field(None, description="Named method (config.METHODS: sft, grpo, "
+                               "sft_then_rl, alternate, joint, relift, superrl, hpt, luffy, srft, chord, "
+                               "...): fills phases from `schedule` and rl.algo.preset where unset.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Budget and "
+                                     "shape a `method` turns into phases.")
     phases: list[Phase] = Field(default_factory=lambda: [Phase(kind="sft", steps=600)],
-                                description="The schedule, run in order.")
+                                description="The schedule, run in order (filled by `method` when unset).")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT step settings.")
     rl: RLConfig = Field(default_factory=RLConfig, description="RL step settings (rollout, reward, algorithm).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_method(cls, data):
+        if not isinstance(data, dict) or data.get("method") is None:
+            return data
+        name = data["method"]
+        if name not in METHODS:
+            raise RegistryError(f"unknown method {name!r}; {did_you_mean(name, METHODS)}")
+        phases, preset = METHODS[name]
+        out = dict(data)
+        if out.get("phases") is None:
+            out["phases"] = phases(dict(data.get("schedule") or {}))
+        if preset is not None:
+            rl = dict(out.get("rl") or {})
+            algo = dict(rl.get("algo") or {})
+            algo.setdefault("preset", preset)
+            out["rl"] = {**rl, "algo": algo}
+        return out
 
     @model_validator(mode="after")
     def _checks(self):
@@ -149,6 +225,10 @@ class Config(Frozen):
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
+
+    def steps_of(self, kind: str) -> int:
+        """Optimiser steps of `kind` over the whole run (each kind's LR schedule spans these)."""
+        return sum(p.count(kind) for p in self.phases)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,10 +92,55 @@ class AlgoConfig(Frozen):
     max_gen_batches: int = Field(4, ge=1, description="Dynamic sampling gives up refilling after this many rollouts.")
 
 
+class HybridConfig(Frozen):
+    """Supervision inside RL steps (ALGORITHMS.md §3-6). Every field None = from preset."""
+
+    route: str | None = Field(None, description="Which groups get SFT on their demonstration "
+                              "(hybrid.ROUTES): none | always | all_fail | success_le.")
+    route_kwargs: dict[str, Any] | None = Field(None, description="e.g. {gamma: 2} for success_le (HPT).")
+    replace_group: bool | None = Field(None, description="Routed groups leave the RL loss (SuperRL, "
+                                       "HPT); false keeps them (ReLIFT: zero advantage, entropy only).")
+    execution: Literal["joint", "buffer"] | None = Field(
+        None, description="joint: SFT term added to the RL loss each step; buffer: routed problems "
+        "wait in a buffer and a separate SFT step with its own optimiser fires when it is full (ReLIFT).")
+    source: Literal["routed", "stream"] | None = Field(
+        None, description="routed: demonstrations of the routed prompts; stream: a separate batch "
+        "of `stream_size` demonstrations every step (CHORD's expert stream).")
+    stream_size: int | None = Field(None, ge=1, description="Demonstrations per step from the "
+                                    "expert stream (None = prompts_per_step x group_size / 4, CHORD's 20% share).")
+    weight: str | None = Field(None, description="SFT weight lambda(t) (hybrid.SFT_WEIGHTS): constant "
+                               "| linear | cosine | chord_mu | srft (entropy-aware, per sequence).")
+    weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {value: 0.1} or {peak: 0.9, "
+                                                 "valley: 0.05, warmup: 0, decay: 200}.")
+    mix: Literal["sum", "convex"] | None = Field(None, description="sum: L_RL + lambda L_SFT; convex: "
+                                                 "(1 - lambda) L_RL + lambda L_SFT (CHORD).")
+    token_weight: str | None = Field(None, description="SFT token weight (hybrid.TOKEN_WEIGHTS): none | phi (CHORD-phi).")
+    entropy_coef: float | None = Field(None, ge=0, description="Entropy bonus inside the SFT term "
+                                       "or buffer step (ReLIFT: 0.001).")
+    buffer_trigger: int | None = Field(None, ge=1, description="ReLIFT: SFT step fires when this "
+                                       "many problems wait (None = prompts_per_step).")
+    buffer_order: Literal["lifo", "fifo"] | None = Field(None, description="ReLIFT trains the newest first (lifo).")
+    buffer_epochs: int | None = Field(None, ge=1, description="Passes over the popped problems per trigger.")
+    buffer_batch: int | None = Field(None, ge=1, description="Demonstrations per optimiser step of "
+                                     "the buffer step (None = the whole trigger batch).")
+    buffer_lr: float | None = Field(None, gt=0, description="Learning rate of the buffer step's own "
+                                    "AdamW (None = rl.optim.lr; ReLIFT uses the RL rate).")
+    offpolicy: int | None = Field(None, ge=0, le=1, description="Demonstrations placed inside each "
+                                  "group, replacing one sample (LUFFY, SRFT: 1).")
+    offpolicy_loss: str | None = Field(None, description="Loss of demonstration tokens "
+                                       "(hybrid.OFFPOLICY): shaped (p/(p+gamma)) | plain.")
+    offpolicy_kwargs: dict[str, Any] | None = Field(None, description="e.g. {gamma: 0.1}.")
+    self_weight: str | None = Field(None, description="Reweighting of the policy's own samples "
+                                    "(hybrid.SELF_WEIGHTS): none | srft.")
+    self_weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {pos_scale: 0.1, neg: -1}.")
+
+
 class RLConfig(Frozen):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling settings.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
     algo: AlgoConfig = Field(default_factory=AlgoConfig, description="The algorithm.")
+    hybrid: HybridConfig = Field(default_factory=HybridConfig, description="SFT inside RL: routing, "
+                                 "joint loss, buffer, off-policy demonstrations (filled from the preset).")
     micro_batch_size: int | None = Field(32, description="Rows per forward/backward, grouped by "
                                          "completion length so short rows are not padded to the longest; "
                                          "never changes the objective. None = whole mini-batch.")
@@ -113,7 +158,7 @@ class RLConfig(Frozen):
             raise RegistryError(f"unknown preset {name!r}; {did_you_mean(name, PRESETS)}")
         preset = PRESETS[name](data)
         out = dict(data)
-        for section in ("algo", "reward"):
+        for section in ("algo", "reward", "hybrid"):
             out[section] = fill_unset(dict(data.get(section) or {}), preset[section])
         return out
 
@@ -128,6 +173,16 @@ class RLConfig(Frozen):
         bind(entropy.TOKEN_FILTERS, a.token_filter, a.token_filter_kwargs)
         algos.KL[a.kl.estimator]
         entropy.make_controller(a.entropy.mode, a.entropy.kwargs)
+        from sftrl import hybrid as hy
+        h = self.hybrid
+        bind(hy.ROUTES, h.route, h.route_kwargs)
+        bind(hy.SFT_WEIGHTS, h.weight, h.weight_kwargs)
+        bind(hy.TOKEN_WEIGHTS, h.token_weight)
+        bind(hy.OFFPOLICY, h.offpolicy_loss, h.offpolicy_kwargs)
+        bind(hy.SELF_WEIGHTS, h.self_weight, h.self_weight_kwargs)
+        if h.offpolicy and self.rollout.group_size < 3:
+            raise ValueError(f"hybrid.offpolicy=1 needs rollout.group_size >= 3 (one demonstration "
+                             f"plus at least two samples); got {self.rollout.group_size}")
         return self
 
 
@@ -159,14 +214,29 @@ def _base(data: dict) -> dict:
                  "entropy": {"mode": "constant", "kwargs": {"coef": 0.0}},
                  "mini_batches": 1, "dynamic_sampling": False},
         "reward": {"functions": CORRECT_01, "truncated": "keep", "overlong_cache": 0, "overlong_factor": 1.0},
+        "hybrid": {"route": "none", "route_kwargs": {}, "replace_group": False, "execution": "joint",
+                   "source": "routed", "stream_size": None, "weight": "constant",
+                   "weight_kwargs": {"value": 1.0}, "mix": "sum", "token_weight": "none",
+                   "entropy_coef": 0.0, "buffer_trigger": None, "buffer_order": "lifo",
+                   "buffer_epochs": 1, "buffer_batch": None, "buffer_lr": None, "offpolicy": 0,
+                   "offpolicy_loss": "shaped", "offpolicy_kwargs": {"gamma": 0.1},
+                   "self_weight": "none", "self_weight_kwargs": {}},
     }
 
 
-def _with(data: dict, algo: dict | None = None, reward: dict | None = None) -> dict:
+def _with(data: dict, algo: dict | None = None, reward: dict | None = None,
+          hybrid: dict | None = None) -> dict:
     base = _base(data)
     base["algo"].update(algo or {})
     base["reward"].update(reward or {})
+    base["hybrid"].update(hybrid or {})
     return base
+
+
+# The verl-based hybrids' RL part (LUFFY, ReLIFT, HPT scripts): group-mean advantage, no clip,
+# token sum over the padded length, entropy bonus 0.001, no KL.
+_VERL_MIX = {"advantage": "drgrpo", "surrogate": "no_clip", "surrogate_kwargs": {},
+             "weighting": "sum_over_lpad", "entropy": {"mode": "constant", "kwargs": {"coef": 1e-3}}}
 
 
 PRESETS = {
@@ -191,4 +261,31 @@ PRESETS = {
     # REINFORCE++-baseline: group-centred then batch-whitened, k2 KL in the loss
     "reinforce_pp": lambda d: _with(d, {"advantage": "reinforce_pp_baseline",
                                         "kl": {"coef": 0.01, "estimator": "k2", "placement": "loss"}}),
+    # -- hybrids (§3-6): the RL part is a point in the same space, plus the `hybrid` section -----
+    # "RL w/ SFT loss": GRPO on the samples + lambda * NLL of every prompt's demonstration (lambda 1)
+    "joint": lambda d: _with(d, hybrid={"route": "always"}),
+    # ReLIFT (code): all-fail problems -> LIFO buffer; separate SFT step (own AdamW, entropy 1e-3)
+    # when it holds a full batch; the all-fail groups stay in the RL loss
+    "relift": lambda d: _with(d, _VERL_MIX, hybrid={"route": "all_fail", "execution": "buffer",
+                                                    "entropy_coef": 1e-3}),
+    # SuperRL-v2: all-fail groups are replaced by SFT on their demonstration, weight 1, GRPO otherwise
+    "superrl": lambda d: _with(d, hybrid={"route": "all_fail", "replace_group": True}),
+    # HPT (switch): <= gamma correct -> SFT on the demonstration replaces the group (gamma 0 for
+    # Qwen-Math-7B, 2 for Llama-8B); RL part as LUFFY's
+    "hpt": lambda d: _with(d, _VERL_MIX, hybrid={"route": "success_le", "route_kwargs": {"gamma": 0},
+                                                 "replace_group": True}),
+    # LUFFY: G-1 samples + 1 demonstration per group, group-mean advantage over the mixed group,
+    # on-policy -r A without clip, demonstration tokens -A p/(p+0.1), token sum / padded length
+    "luffy": lambda d: _with(d, _VERL_MIX, hybrid={"offpolicy": 1}),
+    # SRFT (paper + Unify-Post-Training "srft"): demonstration in the group with LUFFY's off-policy
+    # term, SFT on it weighted 0.5 exp(-H); own samples: correct +0.1 exp(H), wrong -1, -A log p
+    "srft": lambda d: _with(d, {"surrogate": "reinforce", "surrogate_kwargs": {}},
+                            hybrid={"offpolicy": 1, "route": "always", "weight": "srft",
+                                    "weight_kwargs": {"scale": 0.5}, "self_weight": "srft",
+                                    "self_weight_kwargs": {"pos_scale": 0.1, "neg": -1.0}}),
+    # CHORD-mu (Trinity-RFT mix_chord): expert stream = 20% of rows, (1-mu) L_GRPO + mu L_SFT,
+    # mu 0.9 -> 0.05 by cosine over 200 steps; CHORD-phi: weight constant 0.1 + token_weight phi
+    "chord": lambda d: _with(d, hybrid={"source": "stream", "mix": "convex", "weight": "chord_mu",
+                                        "weight_kwargs": {"peak": 0.9, "valley": 0.05, "warmup": 0,
+                                                          "decay": 200}}),
 }

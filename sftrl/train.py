@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sftrl import algos, entropy, logprobs
+from sftrl import algos, entropy, logprobs, verify
 from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
+from sftrl.hybrid import SFTBuffer
 from sftrl.models import device_from, load_policy, render_prompt, save_policy
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
@@ -39,15 +40,16 @@ class Rngs:
     sample: torch.Generator         # rollout sampling
     eval: torch.Generator           # evaluation sampling (pass@k), separate so eval never shifts training
     init_seed: int                  # model initialisation
+    expert: np.random.Generator     # order of the expert demonstration stream (CHORD)
 
 
 def make_rngs(seed: int) -> Rngs:
-    data, sample, ev, init = np.random.SeedSequence(seed).spawn(4)
+    data, sample, ev, init, expert = np.random.SeedSequence(seed).spawn(5)
     as_int = lambda ss: int(ss.generate_state(1)[0])  # noqa: E731
     return Rngs(data=np.random.default_rng(data),
                 sample=torch.Generator().manual_seed(as_int(sample)),
                 eval=torch.Generator().manual_seed(as_int(ev)),
-                init_seed=as_int(init))
+                init_seed=as_int(init), expert=np.random.default_rng(expert))
 
 
 def micro_slices(n: int, size: int | None):
@@ -55,8 +57,10 @@ def micro_slices(n: int, size: int | None):
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_clip: float | None) -> dict:
-    """One optimiser step of prompt-masked NLL on demonstration tokens.
+def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_clip: float | None,
+             entropy_coef: float = 0.0) -> dict:
+    """One optimiser step of prompt-masked NLL on demonstration tokens (minus an optional entropy
+    bonus, ReLIFT's SFT step).
 
     The token-mean weights come from the whole batch's mask, so the sum of micro-batch losses is
     exactly the full-batch loss: gradient accumulation never changes the objective.
@@ -64,15 +68,23 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
     mask = batch.completion_mask                                                # [B, T]
     w = algos.WEIGHTINGS["token_mean"](mask)                                    # [B, T]
     ids, attn, Lp = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
-    total = 0.0
+    total = ent_total = 0.0
     for rows in micro_slices(ids.shape[0], micro_batch_size):
-        logp = logprobs.token_logp(model, ids[rows], attn[rows], Lp)            # [b, T]
-        loss = -(logp * w[rows]).sum()
-        loss.backward()
-        total += loss.item()
+        if entropy_coef:
+            logp, ent = logprobs.token_logp_and_entropy(model, ids[rows], attn[rows], Lp)   # [b, T]
+            bonus = (ent * w[rows]).sum()
+            ent_total += bonus.item()
+        else:
+            logp, bonus = logprobs.token_logp(model, ids[rows], attn[rows], Lp), 0.0
+        nll = -(logp * w[rows]).sum()
+        (nll - entropy_coef * bonus).backward()
+        total += nll.item()
     grad_norm = clip_and_step(model, opt, sched, grad_clip, what=f"SFT loss {total:.4g}")
-    return {"loss/sft": total, "grad/norm": grad_norm, "sft/tokens": float(mask.sum()),
-            "sft/truncated": float(batch.truncated.float().mean())}
+    out = {"loss/sft": total, "grad/norm": grad_norm, "sft/tokens": float(mask.sum()),
+           "sft/truncated": float(batch.truncated.float().mean())}
+    if entropy_coef:
+        out["sft/entropy"] = ent_total
+    return out
 
 
 def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str) -> float:
@@ -103,7 +115,14 @@ class Session:
         self.stream = ProblemStream(self.train_problems, self.rngs.data)
         self.optimizers: dict[str, tuple] = {}
         self.step = 0
-        self.algo = Algo.from_config(cfg.rl.algo)
+        self.kind_steps: dict[str, int] = {}   # steps done per kind (sft, rl): schedules read these
+        self.algo = Algo.from_config(cfg.rl)
+        hy, ro = cfg.rl.hybrid, cfg.rl.rollout
+        self.buffer = SFTBuffer(order=hy.buffer_order)
+        self.buffer_trigger = hy.buffer_trigger or ro.prompts_per_step
+        self.expert_stream = ProblemStream(self.train_problems, self.rngs.expert)
+        self.stream_size = hy.stream_size or max(1, ro.prompts_per_step * ro.group_size // 4)
+        self.last_groups = None
         self.entropy_ctl = entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs)
         self.ref = None                 # frozen copy of the policy as it enters RL (KL reference)
         self.needs_ref = cfg.rl.algo.kl.coef > 0 or cfg.rl.algo.kl.log
@@ -114,7 +133,7 @@ class Session:
     def optimizer(self, kind: str, ocfg):
         """One optimiser per step kind, its schedule spanning every step of that kind in the run."""
         if kind not in self.optimizers:
-            total = sum(p.steps for p in self.cfg.phases if p.kind == kind)
+            total = self.cfg.steps_of("rl" if kind == "buffer" else kind)
             self.optimizers[kind] = make_optimizer(self.model.parameters(), ocfg, total)
         return self.optimizers[kind]
 
@@ -127,12 +146,33 @@ class Session:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         return rl_step(self)
 
+    def demos(self, problems: list):
+        """Prompt + demonstration rows of `problems` (a Rollout-shaped batch)."""
+        return demo_batch(self.tokenizer, [self.prompt(p, self.cfg.task.template) for p in problems],
+                          [completion_target(p) for p in problems], max_len=self.cfg.sft.max_len,
+                          device=self.device)
+
+    def run_buffer_step(self, problems: list) -> dict:
+        """ReLIFT's separate SFT step on popped buffer problems: its own AdamW (constant rate), one
+        optimiser step per `buffer_batch` demonstrations, `buffer_epochs` passes, entropy bonus."""
+        hy, rl = self.cfg.rl.hybrid, self.cfg.rl
+        ocfg = rl.optim.model_copy(update={"lr": hy.buffer_lr or rl.optim.lr, "warmup_steps": 0,
+                                           "schedule": "constant"})
+        opt, sched = self.optimizer("buffer", ocfg)
+        size, losses = hy.buffer_batch or len(problems), []
+        for _ in range(hy.buffer_epochs):
+            for i in range(0, len(problems), size):
+                out = sft_step(self.model, opt, sched, self.demos(problems[i:i + size]),
+                               micro_batch_size=rl.micro_batch_size, grad_clip=ocfg.grad_clip,
+                               entropy_coef=hy.entropy_coef)
+                losses.append(out["loss/sft"])
+        return {"loss/sft_buffer": sum(losses) / len(losses), "sft/buffer_steps": float(len(losses)),
+                "sft/buffer_problems": float(len(problems))}
+
     def run_sft_step(self) -> dict:
         cfg = self.cfg
         problems = self.stream.next(cfg.sft.batch_size)
-        batch = demo_batch(self.tokenizer, [self.prompt(p, cfg.task.template) for p in problems],
-                           [completion_target(p) for p in problems], max_len=cfg.sft.max_len,
-                           device=self.device)
+        batch = self.demos(problems)
         opt, sched = self.optimizer("sft", cfg.sft.optim)
         lr = sched.get_last_lr()[0]
         out = sft_step(self.model, opt, sched, batch, micro_batch_size=cfg.sft.micro_batch_size,
@@ -170,14 +210,19 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     progress = Progress(cfg.total_steps, mode=cfg.log.progress, label=cfg.name)
     t_start = time.perf_counter()
     for phase in cfg.phases:
-        for _ in range(phase.steps):
+        for i in range(phase.steps):
+            kind = phase.kind_at(i)
             t0 = time.perf_counter()
-            metrics = steps[phase.kind]()
+            metrics = steps[kind]()
             s.step += 1
+            s.kind_steps[kind] = s.kind_steps.get(kind, 0) + 1
             metrics.update({"time/step": time.perf_counter() - t0,
                             "time/elapsed": time.perf_counter() - t_start})
             if s.step % cfg.log.every == 0 or s.step == cfg.total_steps:
-                run.log("metrics.jsonl", {"step": s.step, "phase": phase.kind, **metrics})
+                run.log("metrics.jsonl", {"step": s.step, "phase": kind, **metrics})
+            if kind == "rl" and cfg.log.samples_every and s.step % cfg.log.samples_every == 0:
+                for record in rollout_records(s.last_groups, cfg.log.samples_n):
+                    run.log("samples.jsonl", {"step": s.step, "kind": "rollout", **record})
             if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
                 ev, _ = s.evaluate_all()
                 run.log("eval.jsonl", {"step": s.step, **ev})
@@ -193,6 +238,23 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     progress.close(final)
     run.finish(final)
     return final
+
+
+def rollout_records(g, n: int) -> list[dict]:
+    """The first `n` rows of an RL step's groups as samples.jsonl records (whole groups first),
+    so answer and length distributions, and reward hacking, can be read from the run."""
+    if g is None:
+        return []
+    G = g.sc.r.shape[1] if g.sc.r.ndim == 2 else 1
+    out = []
+    for row in range(min(n, len(g.ro.texts))):
+        p = g.problems[row // G]
+        text = g.ro.texts[row]
+        out.append({"problem_id": p.id, "group": row // G, "gold": p.answer, "completion": text,
+                    "answer": verify.extract(text, "strict"), "reward": float(g.sc.r.view(-1)[row]),
+                    "correct": bool(g.sc.acc.view(-1)[row] > 0), "length": int(g.ro.lengths[row]),
+                    "offpolicy": bool(g.off[row])})
+    return out
 
 
 def peak_rss_mb() -> float:

@@ -34,7 +34,7 @@ def test_config_is_frozen():
 
 @pytest.mark.parametrize("data, overrides, expected", [
     ({}, ["sft.optim.lrr=1"], "unknown config key 'sft.optim.lrr'; did you mean 'sft.optim.lr'?"),
-    ({"sedd": 1}, [], "unknown config key 'sedd'; did you mean 'seed'?"),
+    ({"sedd": 1}, [], "unknown config key 'sedd'; did you mean 'seed'"),
     ({}, ["model.tiny.hiden_size=3"], "did you mean 'model.tiny.hidden_size' or"),
     ({}, ["sft.batch_size=abc"], "config key 'sft.batch_size': Input should be a valid integer"),
     ({}, ["sft.batch_size=0"], "config key 'sft.batch_size': Input should be greater than or equal to 1"),
