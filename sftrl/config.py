@@ -170,9 +170,9 @@ class EvalConfig(Frozen):
 
 class LogConfig(Frozen):
     every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
-    samples_every: int = Field(50, ge=0, description="Write completions to samples.jsonl every N "
-                               "steps (0 = only at evaluations).")
-    samples_n: int = Field(16, ge=0, description="Completions kept per samples.jsonl entry.")
+    samples_every: int = Field(50, ge=0, description="Write rollout completions to samples.jsonl "
+                               "every N RL steps (0 = never; evaluations always write theirs).")
+    samples_n: int = Field(16, ge=0, description="Rollout completions written each time (whole groups first).")
     progress: Literal["auto", "bar", "plain", "off"] = Field(
         "auto", description="Progress display: bar on a terminal, plain lines otherwise.")
 
@@ -236,6 +236,12 @@ class Loader(yaml.SafeLoader):
     """SafeLoader that also reads 1e-3 (no dot) as a float: YAML 1.1 would read it as text."""
 
 
+# YAML 1.2 booleans only: `log.progress=off` and `chat_template: on` stay strings.
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))

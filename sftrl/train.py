@@ -220,7 +220,7 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
                             "time/elapsed": time.perf_counter() - t_start})
             if s.step % cfg.log.every == 0 or s.step == cfg.total_steps:
                 run.log("metrics.jsonl", {"step": s.step, "phase": kind, **metrics})
-            if kind == "rl" and cfg.log.samples_every and s.step % cfg.log.samples_every == 0:
+            if kind == "rl" and cfg.log.samples_every and s.kind_steps["rl"] % cfg.log.samples_every == 0:
                 for record in rollout_records(s.last_groups, cfg.log.samples_n):
                     run.log("samples.jsonl", {"step": s.step, "kind": "rollout", **record})
             if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
