@@ -1,4 +1,4 @@
-"""Command line: `sftrl train | eval | config` (sweep, report and study join as they exist).
+"""Command line: `sftrl train | eval | config | sweep` (report and study join as they exist).
 
 Owns: argument parsing and turning expected failures into one-line errors (exit code 2).
 Set SFTRL_DEBUG=1 to see the full traceback instead.
@@ -31,7 +31,24 @@ def cmd_config(a) -> int:
             print(f"{key:<40} {typ:<28} {default:<22} {meaning}")
         return 0
     path, overrides = _split_args(a.args)
+    if a.check:
+        return check_runs(path, a.check)
     print(to_yaml(load_config(path, overrides)), end="")
+    return 0
+
+
+def check_runs(path: str | None, source: str) -> int:
+    """Validate many runs against one config file in one process: `source` ('-' = stdin) is a
+    JSON object {run_id: [key=value, ...]}. Sweeps call this before starting any run."""
+    from sftrl.config import load_config
+    runs = json.loads(sys.stdin.read() if source == "-" else Path(source).read_text())
+    for run_id, overrides in runs.items():
+        try:
+            load_config(path, overrides)
+        except (ValueError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise ValueError(f"run {run_id}: {msg}") from None
+    print(f"{len(runs)} run config(s) valid")
     return 0
 
 
@@ -73,6 +90,19 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from sftrl.experiment.executors import ProgressDisplay
+    from sftrl.experiment.sweep import load_sweep, run_sweep
+    sw = load_sweep(a.sweep)
+    workers = int(a.workers) if a.workers and a.workers.isdigit() else a.workers
+    result = run_sweep(sw, a.out, executor=a.executor, address=a.address, workers=workers,
+                       progress=None if a.dry_run else ProgressDisplay(sw.name), dry_run=a.dry_run)
+    print(result.table())
+    if result.interrupted:
+        print("sweep stopped; run the same command again to finish it (finished runs are kept)", file=sys.stderr)
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sftrl", description="SFT + RL for small reasoning models, "
                                 "with studies that report their uncertainty.")
@@ -88,7 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the resolved config: sftrl config [FILE] [key=value ...]")
     c.add_argument("args", nargs="*")
     c.add_argument("--explain", action="store_true", help="list every key with type, default and meaning")
+    c.add_argument("--check", metavar="RUNS_JSON", help="validate many runs at once: a JSON object "
+                   "{run_id: [key=value, ...]} in a file, or '-' for stdin")
     c.set_defaults(fn=cmd_config)
+    w = sub.add_parser("sweep", help="run seeds x methods x grids: sftrl sweep SWEEP.yaml [--out DIR]")
+    w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
+    w.add_argument("--out", help="experiment directory (default runs/<sweep name>/)")
+    w.add_argument("--executor", default="local", help="local (subprocesses) or ray")
+    w.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    w.add_argument("--workers", help="runs at a time (overrides the sweep file; 'auto' or N)")
+    w.add_argument("--dry-run", action="store_true", help="validate and list the runs; train nothing")
+    w.set_defaults(fn=cmd_sweep)
     return p
 
 
