@@ -177,6 +177,19 @@ class LogConfig(Frozen):
         "auto", description="Progress display: bar on a terminal, plain lines otherwise.")
 
 
+class CheckpointConfig(Frozen):
+    every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0 = never); rerunning "
+                       "the same command on the same --out resumes from the newest one exactly.")
+    keep: int = Field(2, ge=1, description="Newest checkpoints kept; older ones are deleted.")
+
+
+class GuardConfig(Frozen):
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss or gradient: stop with a clear message (the last "
+        "checkpoint stays intact), or skip that update and count it in guard/skipped_steps.")
+    max_skips: int = Field(10, ge=0, description="With skip: stop after this many skipped updates in a row.")
+
+
 class Config(Frozen):
     name: str = Field("run", description="Run name; default output is runs/<name>/<run_id>.")
     seed: int = Field(0, description="Run seed: initialisation, data order and sampling derive from it.")
@@ -196,6 +209,8 @@ class Config(Frozen):
     rl: RLConfig = Field(default_factory=RLConfig, description="RL step settings (rollout, reward, algorithm).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging settings.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints for exact resume.")
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="What a non-finite loss or gradient does.")
 
     @model_validator(mode="before")
     @classmethod

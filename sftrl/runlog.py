@@ -128,6 +128,23 @@ def hardware() -> dict:
     return info
 
 
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Keep only complete lines whose "step" is at most `max_step` (a resumed run recomputes the
+    rest); rewritten atomically, so a kill during this loses nothing."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:                 # a torn last line
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= max_step:
+            keep.append(line)
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
 class RunDir:
     """Paths and safe writers of one run directory."""
 
@@ -150,6 +167,14 @@ class RunDir:
             "argv": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(), "seed": seed,
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "end_time": None,
         })
+
+    def resume(self, *, argv: list[str] | None, step: int) -> None:
+        """Note a resume in provenance.json (command line, time, step resumed from)."""
+        prov_path = self.file("provenance.json")
+        prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+        prov.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                               "argv": list(argv if argv is not None else sys.argv)})
+        atomic_write_json(prov_path, prov)
 
     def log(self, name: str, record: dict) -> None:
         append_jsonl(self.file(name), record)

@@ -7,6 +7,7 @@ files in `runlog`. Step functions return metrics; only `fit` writes them.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sftrl import algos, entropy, logprobs, verify
+from sftrl import algos, checkpoints, entropy, logprobs, verify
 from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
@@ -23,7 +24,7 @@ from sftrl.models import device_from, load_policy, render_prompt, save_policy
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
 from sftrl.rl import Algo, rl_step
-from sftrl.runlog import RunDir
+from sftrl.runlog import RunDir, truncate_jsonl
 from sftrl.tasks import load_problems
 from sftrl.tasks.prompts import TEMPLATES, completion_target
 
@@ -58,7 +59,7 @@ def micro_slices(n: int, size: int | None):
 
 
 def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_clip: float | None,
-             entropy_coef: float = 0.0) -> dict:
+             entropy_coef: float = 0.0, nonfinite: str = "stop", what: str = "an SFT step") -> dict:
     """One optimiser step of prompt-masked NLL on demonstration tokens (minus an optional entropy
     bonus, ReLIFT's SFT step).
 
@@ -79,7 +80,8 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
         nll = -(logp * w[rows]).sum()
         (nll - entropy_coef * bonus).backward()
         total += nll.item()
-    grad_norm = clip_and_step(model, opt, sched, grad_clip, what=f"SFT loss {total:.4g}")
+    grad_norm = clip_and_step(model, opt, sched, grad_clip, what=f"{what} (loss {total:.4g})",
+                              nonfinite=nonfinite)
     out = {"loss/sft": total, "grad/norm": grad_norm, "sft/tokens": float(mask.sum()),
            "sft/truncated": float(batch.truncated.float().mean())}
     if entropy_coef:
@@ -87,14 +89,20 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
     return out
 
 
-def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str) -> float:
-    """Clip the global gradient norm, refuse non-finite gradients, step optimiser and schedule."""
+def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str, nonfinite: str = "stop") -> float:
+    """Clip the global gradient norm, step optimiser and schedule. A non-finite norm (NaN/inf
+    loss or gradient) stops the run, or with nonfinite="skip" drops this update (the schedule
+    still advances) and returns NaN."""
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
-        raise TrainingError(f"non-finite gradient norm ({what}); lower the learning rate or set "
-                            f"a grad_clip; the run directory keeps everything logged so far")
+        if nonfinite == "skip":
+            sched.step()
+            return float("nan")
+        raise TrainingError(f"non-finite loss or gradient at {what}; lower the learning rate, set a "
+                            f"grad_clip, or set guard.nonfinite=skip; the run directory keeps everything "
+                            f"logged so far and its last checkpoint")
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
@@ -123,6 +131,8 @@ class Session:
         self.expert_stream = ProblemStream(self.train_problems, self.rngs.expert)
         self.stream_size = hy.stream_size or max(1, ro.prompts_per_step * ro.group_size // 4)
         self.last_groups = None
+        self.pending_optim: dict[str, dict] = {}   # optimiser states loaded from a checkpoint
+        self.skipped, self.skipped_run = 0, 0      # non-finite updates skipped: total, in a row
         self.entropy_ctl = entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs)
         self.ref = None                 # frozen copy of the policy as it enters RL (KL reference)
         self.needs_ref = cfg.rl.algo.kl.coef > 0 or cfg.rl.algo.kl.log
@@ -135,11 +145,17 @@ class Session:
         if kind not in self.optimizers:
             total = self.cfg.steps_of("rl" if kind == "buffer" else kind)
             self.optimizers[kind] = make_optimizer(self.model.parameters(), ocfg, total)
+            if kind in self.pending_optim:              # resuming: the saved moments and schedule
+                opt, sched = self.optimizers[kind]
+                saved = self.pending_optim.pop(kind)
+                opt.load_state_dict(saved["opt"])
+                sched.load_state_dict(saved["sched"])
         return self.optimizers[kind]
 
     def clip_and_step(self, kind: str, grad_clip: float | None) -> float:
         opt, sched = self.optimizers[kind]
-        return clip_and_step(self.model, opt, sched, grad_clip, what=f"{kind} step {self.step + 1}")
+        return clip_and_step(self.model, opt, sched, grad_clip, what=f"{kind} step {self.step + 1}",
+                             nonfinite=self.cfg.guard.nonfinite)
 
     def run_rl_step(self) -> dict:
         if self.needs_ref and self.ref is None:
@@ -164,7 +180,8 @@ class Session:
             for i in range(0, len(problems), size):
                 out = sft_step(self.model, opt, sched, self.demos(problems[i:i + size]),
                                micro_batch_size=rl.micro_batch_size, grad_clip=ocfg.grad_clip,
-                               entropy_coef=hy.entropy_coef)
+                               entropy_coef=hy.entropy_coef, nonfinite=self.cfg.guard.nonfinite,
+                               what=f"the buffer SFT step of rl step {self.step + 1}")
                 losses.append(out["loss/sft"])
         return {"loss/sft_buffer": sum(losses) / len(losses), "sft/buffer_steps": float(len(losses)),
                 "sft/buffer_problems": float(len(problems))}
@@ -176,7 +193,8 @@ class Session:
         opt, sched = self.optimizer("sft", cfg.sft.optim)
         lr = sched.get_last_lr()[0]
         out = sft_step(self.model, opt, sched, batch, micro_batch_size=cfg.sft.micro_batch_size,
-                       grad_clip=cfg.sft.optim.grad_clip)
+                       grad_clip=cfg.sft.optim.grad_clip, nonfinite=cfg.guard.nonfinite,
+                       what=f"sft step {self.step + 1}")
         return {**out, "optim/lr": lr}
 
     def evaluate_all(self) -> tuple[dict, list[dict]]:
@@ -199,23 +217,46 @@ def quiet_libraries() -> None:
 
 
 def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
-    """Run the phases of `cfg` into `out_dir`; return final.json's content."""
+    """Run the phases of `cfg` into `out_dir`; return final.json's content.
+
+    An unfinished run directory with the same config and a checkpoint is resumed exactly from its
+    newest checkpoint (lines logged after it are dropped and recomputed); one without a
+    checkpoint starts over."""
     quiet_libraries()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     run = RunDir(out_dir)
-    run.start(to_yaml(cfg), seed=cfg.seed, argv=argv)
+    text = to_yaml(cfg)
+    ckpt = checkpoints.latest(run.path)
+    if ckpt is not None and run.file("config.yaml").is_file() and run.file("config.yaml").read_text() != text:
+        raise ValueError(f"{run.path} holds an unfinished run with a different config; rerun its own "
+                         f"config to resume it, or choose another --out")
+    if ckpt is None:
+        run.start(text, seed=cfg.seed, argv=argv)
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            run.file(name).unlink(missing_ok=True)           # left by a run killed before any checkpoint
     s = Session(cfg, run)
+    if ckpt is not None:
+        state = checkpoints.load(ckpt)
+        restore(s, state)
+        run.resume(argv=argv, step=s.step)
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            truncate_jsonl(run.file(name), s.step)
     steps = {"sft": s.run_sft_step, "rl": s.run_rl_step}
     progress = Progress(cfg.total_steps, mode=cfg.log.progress, label=cfg.name)
     t_start = time.perf_counter()
+    done = 0
     for phase in cfg.phases:
         for i in range(phase.steps):
+            done += 1
+            if done <= s.step:                                # finished before the checkpoint
+                continue
             kind = phase.kind_at(i)
             t0 = time.perf_counter()
             metrics = steps[kind]()
             s.step += 1
             s.kind_steps[kind] = s.kind_steps.get(kind, 0) + 1
+            _guard(s, metrics)
             metrics.update({"time/step": time.perf_counter() - t0,
                             "time/elapsed": time.perf_counter() - t_start})
             if s.step % cfg.log.every == 0 or s.step == cfg.total_steps:
@@ -224,9 +265,13 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
                 for record in rollout_records(s.last_groups, cfg.log.samples_n):
                     run.log("samples.jsonl", {"step": s.step, "kind": "rollout", **record})
             if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
-                ev, _ = s.evaluate_all()
+                ev, records = s.evaluate_all()
                 run.log("eval.jsonl", {"step": s.step, **ev})
+                for r in records:
+                    run.log("samples.jsonl", {"step": s.step, "kind": "eval", **r})
                 metrics.update(ev)
+            if cfg.checkpoint.every and s.step % cfg.checkpoint.every == 0 and s.step < cfg.total_steps:
+                checkpoints.save(run.path, s.step, state_of(s), keep=cfg.checkpoint.keep)
             progress.update(s.step, metrics)
     final, records = s.evaluate_all()
     run.log("eval.jsonl", {"step": s.step, **final})
@@ -235,9 +280,59 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     save_policy(s.model, s.tokenizer, run.file("model"))
     final = {"step": s.step, "wall_time_s": time.perf_counter() - t_start,
              "peak_rss_mb": peak_rss_mb(), **final}
+    if cfg.guard.nonfinite == "skip":
+        final["guard/skipped_steps"] = s.skipped
     progress.close(final)
     run.finish(final)
     return final
+
+
+def _guard(s: Session, metrics: dict) -> None:
+    """Count updates skipped for a non-finite gradient; stop after too many in a row."""
+    if s.cfg.guard.nonfinite != "skip":
+        return
+    if math.isfinite(metrics.get("grad/norm", 0.0)):
+        s.skipped_run = 0
+    else:
+        s.skipped += 1
+        s.skipped_run += 1
+        if s.skipped_run > s.cfg.guard.max_skips:
+            raise TrainingError(f"{s.skipped_run} updates in a row had a non-finite loss or gradient "
+                                f"(step {s.step}); lower the learning rate or check the data; the last "
+                                f"checkpoint is intact")
+    metrics["guard/skipped_steps"] = float(s.skipped)
+
+
+def state_of(s: Session) -> dict:
+    """Everything an exact resume needs: weights, optimisers and schedules, every RNG stream,
+    data positions, controllers, the SFT buffer and step counters."""
+    return {"step": s.step, "kind_steps": dict(s.kind_steps),
+            "model": s.model.state_dict(), "ref": None if s.ref is None else s.ref.state_dict(),
+            "optimizers": {k: {"opt": o.state_dict(), "sched": sch.state_dict()}
+                           for k, (o, sch) in s.optimizers.items()},
+            "rngs": {"sample": s.rngs.sample.get_state(), "eval": s.rngs.eval.get_state(),
+                     "torch": torch.get_rng_state()},
+            "stream": s.stream.state(), "expert_stream": s.expert_stream.state(),
+            "entropy": entropy.controller_state(s.entropy_ctl), "buffer": s.buffer.state(),
+            "skipped": (s.skipped, s.skipped_run)}
+
+
+def restore(s: Session, state: dict) -> None:
+    """Inverse of `state_of` on a freshly built session of the same config."""
+    s.step, s.kind_steps = state["step"], dict(state["kind_steps"])
+    s.model.load_state_dict(state["model"])
+    if state["ref"] is not None:
+        s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
+        s.ref.load_state_dict(state["ref"])
+    s.pending_optim = dict(state["optimizers"])
+    s.rngs.sample.set_state(state["rngs"]["sample"])
+    s.rngs.eval.set_state(state["rngs"]["eval"])
+    torch.set_rng_state(state["rngs"]["torch"])
+    s.stream.load_state(state["stream"])
+    s.expert_stream.load_state(state["expert_stream"])
+    s.entropy_ctl = entropy.controller_from_state(state["entropy"])
+    s.buffer.load_state(state["buffer"], {p.id: p for p in s.train_problems})
+    s.skipped, s.skipped_run = state["skipped"]
 
 
 def rollout_records(g, n: int) -> list[dict]:

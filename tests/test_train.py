@@ -102,7 +102,8 @@ def test_sft_run_writes_the_run_directory_and_eval_reproduces(tmp_path, capsys):
     assert [e["step"] for e in evals] == [3, 6] and "eval/hard/acc_strict" in evals[-1]
     assert json.loads((run / "final.json").read_text())["eval/arith/n"] == 20.0
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 25 and {"greedy", "greedy_answer", "sampled_answers"} <= set(samples[0])
+    assert [x["step"] for x in samples] == [3] * 25 + [6] * 25               # every evaluation's answers
+    assert {"greedy", "greedy_answer", "sampled_answers"} <= set(samples[0])
     capsys.readouterr()
     assert main(["eval", str(run), "eval.k=0"]) == 0
     again = json.loads(capsys.readouterr().out)
