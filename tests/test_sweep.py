@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sftrl.experiment import executors
-from sftrl.experiment.sweep import (SweepError, available_cores, load_sweep, manifest, plan,
+from sftrl.experiment.executors import Launch
+from sftrl.experiment.sweep import (SweepError, available_cores, load_sweep, manifest, plan, prepare,
                                     resolve_workers, run_ids, run_sweep, short_keys, value_text)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +136,27 @@ def test_eta_and_error_lines():
     assert executors.error_line("", 0) == "train exited 0 but wrote no DONE file"
 
 
+def test_resume_hook_keeps_a_checkpointed_run_only_when_train_can_resume_it(tmp_path):
+    assert executors.resume_mode("usage: sftrl train [--out OUT] [--resume]") == "flag"
+    assert executors.resume_mode("--out OUT  run directory (an unfinished one is Resumed from its "
+                                 "newest checkpoint)") == "auto"
+    assert executors.resume_mode("--out OUT  run directory (default runs/<name>/<time>-s<seed>)") is None
+    run = plan(sweep(methods=["grpo"], seeds=1), tmp_path)[0]
+    (run.path / "checkpoints" / "step-3").mkdir(parents=True)
+    (run.path / "ERROR").write_text("killed\n")
+    flag = Launch(base=BASE, cwd=str(REPO), threads=1, resume="flag")
+    assert executors.train_command(run, flag)[-3:] == ["--out", str(run.path), "--resume"]
+    prepare(run, tmp_path, flag)
+    assert (run.path / "checkpoints" / "step-3").is_dir() and not (run.path / "ERROR").exists()
+    plain = Launch(base=BASE, cwd=str(REPO), threads=1)
+    assert executors.train_command(run, plain)[-2:] == ["--out", str(run.path)]
+    prepare(run, tmp_path, plain)                                  # cannot resume: start over, keep the logs
+    assert not run.path.exists() and (tmp_path / "attempts" / "grpo__s0.1" / "checkpoints" / "step-3").is_dir()
+    run.path.mkdir(parents=True)
+    prepare(run, tmp_path, flag)                                   # no checkpoint: nothing to resume from
+    assert not run.path.exists() and (tmp_path / "attempts" / "grpo__s0.2").is_dir()
+
+
 def test_invalid_run_config_fails_before_any_training(tmp_path):
     sw = sweep(methods={"grpo": "grpo", "typo": ["rl.algo.kl.cof=0.1"]})
     with pytest.raises(SweepError) as e:
@@ -165,6 +187,7 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path):
 
 
 # -- real runs -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_parallel_sweep_pairs_seeds_across_methods(tmp_path):
     events = []
     result = run_sweep(sweep(metric="eval/arith/acc_strict", baseline="grpo"), tmp_path / "exp",
@@ -236,6 +259,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
               and not (runs[1] / "DONE").exists(), 60, "one run done and the next one training")
     os.killpg(proc.pid, signal.SIGKILL)                                     # the sweep; its runs follow
     proc.communicate()
+    _wait_for(lambda: not _running(runs[1]), 1.0, "the run to die with its sweep")
     done_mtime = (runs[0] / "DONE").stat().st_mtime_ns
     first_metrics = (runs[0] / "metrics.jsonl").read_text()
     again = _cli_sweep(spec, exp)
@@ -265,15 +289,17 @@ def test_sigterm_stops_the_runs_and_marks_nothing_finished(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM
     assert "grpo__s0  stopped" in out and "run the same command again" in err
     assert not (run / "DONE").exists() and not (run / "ERROR").exists()
-    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(run).encode() in _cmdline(p)]
-    assert alive == []
+    assert not _running(run)
 
 
-def _cmdline(p: Path) -> bytes:
-    try:
-        return (p / "cmdline").read_bytes()
-    except OSError:
-        return b""
+def _running(run: Path) -> bool:
+    """A process whose command line names this run directory is alive (Linux /proc)."""
+    def cmdline(p: Path) -> bytes:
+        try:
+            return (p / "cmdline").read_bytes()
+        except OSError:
+            return b""
+    return any(str(run).encode() in cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
 
 
 @pytest.mark.slow
@@ -281,6 +307,8 @@ def test_ray_executor_runs_the_same_sweep(tmp_path):
     pytest.importorskip("ray")
     result = run_sweep(sweep(methods=["grpo"]), tmp_path / "exp", executor="ray")      # starts a local Ray
     assert result.exit_code == 0 and [o.run.run_id for o in result.outcomes] == ["grpo__s0", "grpo__s1"]
-    first = [lines(tmp_path / "exp" / "runs" / f"grpo__s{s}" / "metrics.jsonl")[0]["loss/sft"] for s in (0, 1)]
-    local = run_sweep(sweep(methods=["grpo"], seeds=[0]), tmp_path / "local")
-    assert lines(tmp_path / "local" / "runs" / "grpo__s0" / "metrics.jsonl")[0]["loss/sft"] == first[0]
+    runs = [tmp_path / "exp" / "runs" / f"grpo__s{s}" for s in (0, 1)]
+    assert all((r / "DONE").exists() and not (r / "ERROR").exists() for r in runs)
+    first = [lines(r / "metrics.jsonl")[0]["loss/sft"] for r in runs]
+    assert first[0] != first[1]                                      # each task ran its own seed
+    assert json.loads((runs[1] / "provenance.json").read_text())["seed"] == 1

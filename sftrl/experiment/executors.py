@@ -35,16 +35,30 @@ class Launch:
     base: str                 # base config file, absolute
     cwd: str                  # working directory of every run (relative paths in overrides)
     threads: int              # torch threads per run (also OMP/MKL threads)
-    resume_flag: bool = False  # `sftrl train` accepts --resume (then a run with checkpoints/ resumes)
+    resume: str | None = None  # how `sftrl train` resumes a run with checkpoints/: "flag" (pass
+    #                            --resume), "auto" (it resumes by itself), None (it cannot: start over)
     tie_to_parent: bool = True  # Linux: the kernel kills a run when the process that started it dies
 
 
 def train_command(run, launch: Launch) -> list[str]:
     """`python -m sftrl.cli train BASE overrides... --out RUN_DIR [--resume]`."""
     cmd = [sys.executable, "-m", "sftrl.cli", "train", launch.base, *run.overrides, "--out", str(run.path)]
-    if launch.resume_flag and (run.path / "checkpoints").is_dir():
+    if launch.resume == "flag" and has_checkpoint(run.path):
         cmd.append("--resume")
     return cmd
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(p.name.startswith("step-") for p in folder.iterdir())
+
+
+def resume_mode(train_help: str) -> str | None:
+    """How `sftrl train` resumes, read from its --help: a --resume flag, or an --out that
+    resumes an unfinished run directory by itself (its help says so), or not at all."""
+    if "--resume" in train_help:
+        return "flag"
+    return "auto" if "resume" in train_help.lower() else None
 
 
 def child_env(threads: int) -> dict:
@@ -126,11 +140,12 @@ def execute(run, launch: Launch) -> tuple[str | None, float]:
     t0 = time.monotonic()
     proc = start(run, launch)
     try:
-        rc = proc.wait()
+        while proc.poll() is None:        # not wait(): ray.cancel's KeyboardInterrupt only lands
+            time.sleep(0.2)               # between bytecodes, never inside a blocking waitpid
     except BaseException:
-        stop([proc])                      # ray.cancel raises KeyboardInterrupt here
+        stop([proc])
         raise
-    return finish(run, launch, rc), time.monotonic() - t0
+    return finish(run, launch, proc.returncode), time.monotonic() - t0
 
 
 class LocalPool:
@@ -272,7 +287,8 @@ class ProgressDisplay:
                 f"{status.remaining} remaining ({status.skipped} skipped) | {_clock(status.elapsed_s)} "
                 f"elapsed, eta {_clock(status.eta_s)}{what}")
         if tty:
-            self.stream.write("\r\033[K" + line + ("\n" if event == "end" else ""))
+            keep = f"[{self.name}] {event} {run.run_id}\n" if event in ("failed", "retry") else ""
+            self.stream.write("\r\033[K" + keep + line + ("\n" if event == "end" else ""))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
@@ -303,27 +319,19 @@ def hold_lock(exp_dir: Path, wait_s: float = 30.0):
         os.close(fd)
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; `signum` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 @contextlib.contextmanager
-def signals_raise():
-    """Turn SIGINT/SIGTERM into `Interrupted` while runs go on (main thread only), so the loop
-    stops its runs' process groups before exiting."""
+def caught_signals():
+    """Record SIGINT/SIGTERM in the yielded list instead of dying (main thread only), so the
+    loop can stop its runs' process groups first. The handler only records: raising from it
+    could land inside Ray's compiled wait, which does not pass exceptions on."""
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
-
-    def handler(signum, _frame):
-        raise Interrupted(signum)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, _frame: caught.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield caught
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -357,29 +365,28 @@ def drive(pool, todo: list, *, retries: int, prepare, progress=None, skipped: in
                 done=len(outcomes) - n_failed, running=len(started), failed=n_failed, skipped=skipped,
                 remaining=len(pending), elapsed_s=now - t0,
                 eta_s=eta(durations, len(pending), [now - s for s in started.values()], workers)))
-    try:
-        with signals_raise():
-            while pending or pool.running:
-                while pending and pool.has_room():
-                    run = pending.popleft()
-                    prepare(run)
-                    tries[run.run_id] = tries.get(run.run_id, 0) + 1
-                    pool.submit(run)
-                    notify("start", run)
-                for run, error, secs in pool.poll(0.5):
-                    durations.append(secs)
-                    if error is not None and tries[run.run_id] <= retries:
-                        pending.append(run)
-                        notify("retry", run)
-                        continue
-                    outcomes[run.run_id] = Outcome(run, "failed" if error else "done", error, secs,
-                                                   tries[run.run_id])
-                    notify("failed" if error else "done", run)
-                notify("tick")
-    except Interrupted as e:
-        stopped = list(pool.started())
-        pool.stop_all()
-        outcomes.update({rid: Outcome(by_id[rid], "stopped", attempts=tries[rid]) for rid in stopped})
-        return outcomes, e.signum
+    with caught_signals() as caught:
+        while (pending or pool.running) and not caught:
+            while pending and pool.has_room() and not caught:
+                run = pending.popleft()
+                prepare(run)
+                tries[run.run_id] = tries.get(run.run_id, 0) + 1
+                pool.submit(run)
+                notify("start", run)
+            for run, error, secs in pool.poll(0.5):
+                durations.append(secs)
+                if error is not None and tries[run.run_id] <= retries:
+                    pending.append(run)
+                    notify("retry", run)
+                    continue
+                outcomes[run.run_id] = Outcome(run, "failed" if error else "done", error, secs,
+                                               tries[run.run_id])
+                notify("failed" if error else "done", run)
+            notify("tick")
+        if caught:
+            stopped = list(pool.started())
+            pool.stop_all()
+            outcomes.update({rid: Outcome(by_id[rid], "stopped", attempts=tries[rid]) for rid in stopped})
+            return outcomes, caught[0]
     notify("end")
     return outcomes, None

@@ -355,18 +355,18 @@ def validate(sw: Sweep, runs: list[RunSpec], cwd: Path) -> None:
         raise SweepError(f"sweep {sw.name!r}: {last}")
 
 
-def train_accepts_resume(cwd: Path) -> bool:
+def train_resume_mode(cwd: Path) -> str | None:
     proc = subprocess.run([sys.executable, "-m", "sftrl.cli", "train", "--help"], capture_output=True,
                           text=True, cwd=cwd, env=executors.child_env(1))
-    return "--resume" in proc.stdout
+    return executors.resume_mode(proc.stdout)
 
 
 def prepare(run: RunSpec, exp: Path, launch: Launch) -> None:
-    """Ready a run directory for an attempt: resume it when the trainer can, else move it aside
-    to attempts/<run_id>.<n> so the run starts from scratch in an empty directory."""
+    """Ready a run directory for an attempt: keep it when it has a checkpoint the trainer can
+    resume from, else move it aside to attempts/<run_id>.<n> so the run starts from scratch."""
     if not run.path.exists():
         return
-    if launch.resume_flag and (run.path / "checkpoints").is_dir():
+    if launch.resume and executors.has_checkpoint(run.path):
         (run.path / "ERROR").unlink(missing_ok=True)
         return
     n = 1
@@ -450,8 +450,8 @@ def run_sweep(sweep, out_dir=None, *, executor: str = "local", address: str | No
         atomic_write_text(exp / "sweep.yaml", sw.text)
         atomic_write_json(exp / "sweep.json", manifest(sw, runs))
         todo = [r for r in runs if not (r.path / "DONE").exists()]
-        resume = any((r.path / "checkpoints").is_dir() for r in todo) and train_accepts_resume(cwd)
-        launch = Launch(base=sw.base, cwd=str(cwd), threads=sw.threads_per_run, resume_flag=resume)
+        resume = train_resume_mode(cwd) if any(executors.has_checkpoint(r.path) for r in todo) else None
+        launch = Launch(base=sw.base, cwd=str(cwd), threads=sw.threads_per_run, resume=resume)
         if executor == "ray":
             pool, close = executors.ray_pool(launch, n_workers, address)
         else:
