@@ -374,7 +374,8 @@ def drive(pool, todo: list, *, retries: int, prepare, progress=None, skipped: in
                 pool.submit(run)
                 notify("start", run)
             for run, error, secs in pool.poll(0.5):
-                durations.append(secs)
+                if error is None:
+                    durations.append(secs)        # a crash at start-up says nothing about run time
                 if error is not None and tries[run.run_id] <= retries:
                     pending.append(run)
                     notify("retry", run)

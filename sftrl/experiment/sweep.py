@@ -25,7 +25,8 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -74,7 +75,7 @@ class Sweep:
     methods: dict                      # name -> tuple of overrides
     seeds: tuple
     overrides: tuple = ()
-    grid: dict = None                  # key -> tuple of values (None = {})
+    grid: dict = field(default_factory=dict)   # key -> tuple of values
     sensitivity: dict | None = None    # {"method": str, "params": {key: [values]}}
     metric: str | None = None
     baseline: str | None = None
@@ -108,7 +109,8 @@ def load_sweep(source, *, cwd: str | Path | None = None) -> Sweep:
     """A sweep from a YAML file path or a dict (a dict's `base` is relative to `cwd`)."""
     cwd = Path(cwd or os.getcwd())
     if isinstance(source, dict):
-        return parse(source, yaml.safe_dump(source, sort_keys=False), cwd, cwd, "sweep")
+        plain = json.loads(json.dumps(source, default=str))      # tuples and paths as YAML can hold them
+        return parse(plain, yaml.safe_dump(plain, sort_keys=False), cwd, cwd, "sweep")
     path = Path(source)
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} not found; give a YAML file (examples in configs/sweeps/)")
@@ -135,7 +137,7 @@ def parse(data: dict, text: str, root: Path, cwd: Path, default_name: str) -> Sw
         name=name, base=_base(data.get("base"), root, cwd), methods=methods,
         seeds=_seeds(data.get("seeds", 1)), overrides=_overrides(data.get("overrides") or [], "overrides"),
         grid=_grid(data.get("grid") or {}, "grid"), sensitivity=_sensitivity(data.get("sensitivity"), methods),
-        metric=data.get("metric"), baseline=_member(data.get("baseline"), methods, "baseline"),
+        metric=_metric(data.get("metric")), baseline=_member(data.get("baseline"), methods, "baseline"),
         threads_per_run=_int(data.get("threads_per_run", 1), "threads_per_run", 1),
         workers=data.get("workers", "auto") if data.get("workers", "auto") == "auto"
         else _int(data["workers"], "workers", 1),
@@ -215,6 +217,12 @@ def _sensitivity(sens, methods: dict) -> dict | None:
     return {"method": method, "params": {k: list(v) for k, v in params.items()}}
 
 
+def _metric(metric):
+    if metric is not None and (not isinstance(metric, str) or "/" not in metric):
+        raise SweepError(f"metric {metric!r} is not a metric key; write e.g. eval/arith/acc_strict")
+    return metric
+
+
 def _member(name, methods: dict, where: str):
     if name is not None and name not in methods:
         raise SweepError(f"{where} {name!r} is not a method of this sweep; {did_you_mean(name, methods)}")
@@ -251,8 +259,8 @@ def value_text(v) -> str:
 def plan_points(sw: Sweep) -> list[tuple[str, dict]]:
     """(method, params) pairs: every method x the grid's product, then the one-at-a-time
     sensitivity points; a pair already present is not repeated."""
-    grid = sw.grid or {}
-    points = [(m, dict(zip(grid, combo))) for m in sw.methods for combo in itertools.product(*grid.values())]
+    points = [(m, dict(zip(sw.grid, combo))) for m in sw.methods
+              for combo in itertools.product(*sw.grid.values())]
     if sw.sensitivity:
         points += [(sw.sensitivity["method"], {k: v}) for k, vs in sw.sensitivity["params"].items() for v in vs]
     seen, out = set(), []
@@ -286,7 +294,7 @@ def run_ids(items: list[tuple[str, dict, int]], short: dict) -> list[str]:
     def digest(item):
         return hashlib.sha1(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()[:6]
     ids = [readable(*item) for item in items]
-    counts = {i: ids.count(i) for i in ids}
+    counts = Counter(ids)
     return [f"{i[:113]}-{digest(item)}" if counts[i] > 1 or len(i) > 120 else i
             for i, item in zip(ids, items)]
 
@@ -319,7 +327,7 @@ def manifest(sw: Sweep, runs: list[RunSpec]) -> dict:
     """sweep.json: what the report reads to group runs by method, params and seed."""
     return {"name": sw.name, "metric": sw.metric, "baseline": sw.baseline,
             "methods": {m: list(o) for m, o in sw.methods.items()},
-            "grid": {k: list(v) for k, v in (sw.grid or {}).items()}, "sensitivity": sw.sensitivity,
+            "grid": {k: list(v) for k, v in sw.grid.items()}, "sensitivity": sw.sensitivity,
             "seeds": list(sw.seeds), "base": sw.base, "overrides": list(sw.overrides),
             "runs": [r.record() for r in runs]}
 
