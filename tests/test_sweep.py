@@ -157,6 +157,24 @@ def test_resume_hook_keeps_a_checkpointed_run_only_when_train_can_resume_it(tmp_
     assert not run.path.exists() and (tmp_path / "attempts" / "grpo__s0.2").is_dir()
 
 
+def test_progress_lines_plain_and_on_a_terminal():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    run = plan(sweep(seeds=1), "/tmp/x")[1]
+    st = executors.Status(done=3, running=2, failed=1, skipped=4, remaining=5, elapsed_s=75.4, eta_s=3725.0)
+    plain, tty = io.StringIO(), Tty()
+    for stream in (plain, tty):
+        show = executors.ProgressDisplay("exp", stream=stream)
+        show("failed", run, st)
+        show("tick", None, st)                       # plain: at most one tick line per 30 s
+    line = "[exp] 3 done, 2 running, 1 failed, 5 remaining (4 skipped) | 1m15s elapsed, eta 1h02m"
+    assert plain.getvalue() == f"{line} failed dr_grpo__s0\n"
+    assert tty.getvalue() == f"\r\x1b[K[exp] failed dr_grpo__s0\n{line} failed dr_grpo__s0\r\x1b[K{line}"
+
+
 def test_invalid_run_config_fails_before_any_training(tmp_path):
     sw = sweep(methods={"grpo": "grpo", "typo": ["rl.algo.kl.cof=0.1"]})
     with pytest.raises(SweepError) as e:
