@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one run: sftrl train CONFIG [key=value ...] [--out DIR]")
     t.add_argument("args", nargs="*", metavar="CONFIG_AND_OVERRIDES")
-    t.add_argument("--out", help="run directory (default runs/<name>/<time>-s<seed>)")
+    t.add_argument("--out", help="run directory (default runs/<name>/<time>-s<seed>); an unfinished "
+                   "one with a checkpoint and the same config is resumed from its newest checkpoint")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a finished run's model: sftrl eval RUN_DIR [key=value ...]")
     e.add_argument("run_dir")

@@ -294,6 +294,28 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
         assert steps == list(range(1, 65)), run.name                       # no repeated, no torn lines
 
 
+@pytest.mark.slow
+def test_killed_run_with_a_checkpoint_resumes_in_place(tmp_path):
+    spec = tmp_path / "s.yaml"
+    longer = [*TINY[2:], "phases.0.steps=4", "phases.1.steps=60", "checkpoint.every=20"]
+    spec.write_text(json.dumps({"base": BASE, "overrides": longer, "methods": ["grpo"], "seeds": 1}))
+    exp = tmp_path / "exp"
+    run = exp / "runs" / "grpo__s0"
+    proc = _cli_sweep(spec, exp)
+    _wait_for(lambda: (run / "checkpoints" / "step-20").is_dir() or (run / "DONE").exists(), 60,
+              "the first checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert not (run / "DONE").exists(), "the run finished before it could be killed"
+    again = _cli_sweep(spec, exp)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert not (exp / "attempts").exists()                              # kept, not moved aside
+    resumes = json.loads((run / "provenance.json").read_text())["resumes"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 20
+    assert [x["step"] for x in lines(run / "metrics.jsonl")] == list(range(1, 65))
+
+
 def test_sigterm_stops_the_runs_and_marks_nothing_finished(tmp_path):
     spec = tmp_path / "s.yaml"
     longer = [*TINY[2:], "phases.0.steps=4", "phases.1.steps=400"]
