@@ -11,7 +11,8 @@ by one `sftrl config BASE --check -` subprocess before any run starts.
                                    stdout.log, stderr.log and, for a failed run, ERROR
     EXP_DIR/attempts/<run_id>.<n>/ earlier attempts: a run directory without DONE (killed or
                                    failed) is moved here before the run starts again from scratch,
-                                   so runs/ only ever holds current attempts, and logs of crashes stay
+                                   so runs/ only ever holds current attempts, and logs of crashes stay;
+                                   one with a checkpoint stays in place and `sftrl train` resumes it
     EXP_DIR/.lock                  held by the sweep and the runs it started (one sweep at a time)
 """
 
