@@ -35,6 +35,18 @@ def human_normalised(algo: str) -> np.ndarray:
                      for g in games]).T
 
 
+@lru_cache
+def curl_hns() -> np.ndarray:
+    """[runs, games] CURL scores, stored already human-normalised as rows {game, seed, HNS}."""
+    rows = json.loads((ATARI / "CURL_10_evals.json").read_text())
+    games, seeds = sorted({r["game"] for r in rows}), sorted({r["seed"] for r in rows})
+    hns = np.full((len(seeds), len(games)), np.nan)
+    for r in rows:
+        hns[seeds.index(r["seed"]), games.index(r["game"])] = r["HNS"]
+    assert not np.isnan(hns).any()
+    return hns
+
+
 def scipy_bootstrap(x, reps, method, seed):
     """scipy's one-sample bootstrap interval of the mean (its `rng` was `random_state` before 1.15)."""
     key = "rng" if "rng" in inspect.signature(scipy.stats.bootstrap).parameters else "random_state"
@@ -57,17 +69,17 @@ def test_aggregates_match_the_rliable_papers_published_values(algo, median, mean
     assert abs(aggregate_mean(x) - mean) <= 5e-6 and abs(aggregate_median(x) - median) <= 5e-6
 
 
-@pytest.mark.parametrize("algo, runs, published_iqm, published_mean", [
-    ("SPR", 100, 0.337, 0.616), ("DrQ_eps", 100, 0.280, 0.465), ("IRIS", 5, 0.501, 1.046),
-    ("SimPLe", 5, 0.130, 0.332)])
-def test_iqm_matches_the_published_table_and_the_middle_half_by_hand(algo, runs, published_iqm,
-                                                                     published_mean):
-    x = human_normalised(algo)                           # published: IRIS paper (Micheli et al.) Table 1
-    assert x.shape == (runs, 26)
-    assert round(iqm(x), 3) == pytest.approx(published_iqm, abs=1e-9)
-    assert round(aggregate_mean(x), 3) == pytest.approx(published_mean, abs=1e-9)
+@pytest.mark.parametrize("algo, runs, published", [            # (IQM, mean, median), 3 decimals
+    ("SPR", 100, (0.337, 0.616, 0.396)), ("DrQ_eps", 100, (0.280, 0.465, 0.313)),
+    ("CURL", 100, (0.113, 0.261, 0.092)), ("IRIS", 5, (0.501, 1.046, 0.289)),
+    ("SimPLe", 5, (0.130, 0.332, 0.134))])
+def test_aggregates_match_the_published_table_and_the_iqm_the_middle_half(algo, runs, published):
+    x = curl_hns() if algo == "CURL" else human_normalised(algo)
+    assert x.shape == (runs, 26)                  # published: Micheli et al., IRIS (2023), Table 1
+    ours = (iqm(x), aggregate_mean(x), aggregate_median(x))
+    np.testing.assert_allclose([round(v, 3) for v in ours], published, rtol=0, atol=1e-9)
     flat = np.sort(x.ravel())
-    cut = flat.size // 4                                  # 650 of 2600 (32 of 130): no fractional weights
+    cut = flat.size // 4                                # 650 of 2600 (32 of 130): no fractional weights
     assert iqm(x) == pytest.approx(flat[cut:flat.size - cut].mean(), rel=1e-12)
 
 
@@ -288,7 +300,7 @@ def test_bad_input_gives_one_line_errors():
         paired_difference([1.0, 2.0], [1.0, np.nan], rng)
     with pytest.raises(ValueError, match="scores is empty"):
         iqm([])
-    with pytest.raises(ValueError, match=r"shape \(2, 2, 2\); expected 1-D or 2-D"):
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 2\); expected 1-D \[runs\] or 2-D \[runs, tasks\]"):
         bootstrap_ci(np.zeros((2, 2, 2)), np.mean, rng)
     with pytest.raises(RegistryError, match="did you mean 'bca'"):
         bootstrap_ci([1.0, 2.0], np.mean, rng, method="bac")

@@ -34,8 +34,9 @@ def finite_array(values, name: str, ndims: tuple[int, ...] = (1, 2)) -> np.ndarr
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be numbers (got {type(values).__name__})") from None
     if x.ndim not in ndims:
-        raise ValueError(f"{name} has shape {x.shape}; expected {' or '.join(f'{d}-D' for d in ndims)}"
-                         " ([runs] or [runs, tasks])")
+        layout = {1: "1-D [runs]", 2: "2-D [runs, tasks]"}
+        raise ValueError(f"{name} has shape {x.shape}; expected "
+                         + " or ".join(layout.get(d, f"{d}-D") for d in ndims))
     if x.size == 0:
         raise ValueError(f"{name} is empty; statistics need at least one run")
     bad = np.argwhere(~np.isfinite(x))
@@ -137,7 +138,7 @@ def bca_interval(x, statistic, point, boots, alpha):
     Bias from the share of replicates below the point estimate (ties count half, as scipy), kept
     inside [1/2R, 1 - 1/2R] so a point outside the bootstrap range gives the extreme replicate
     instead of NaN. Acceleration from the leave-one-run-out jackknife: a run is a row, so for
-    [runs, tasks] run i is left out of every task (as arch's IIDBootstrap, which rliable uses).
+    [runs, tasks] run i is left out of every task.
     """
     reps = len(boots)
     share = ((boots < point).sum() + (boots <= point).sum()) / (2 * reps)
