@@ -39,6 +39,16 @@ class TinyModelConfig(Frozen):
         return self
 
 
+class LoraConfig(Frozen):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights; the "
+                          "KL reference is the same model with adapters off (no second copy).")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Adapter scale numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field("all-linear", description="Modules that get adapters: "
+                                            "'all-linear' or names such as [q_proj, v_proj].")
+
+
 class ModelConfig(Frozen):
     name: str = Field("tiny", description="'tiny' (random-init Llama + character tokenizer), "
                       "'smollm2-135m' (offline SmolLM2-135M-Instruct), a local path, or a hub id.")
@@ -50,6 +60,7 @@ class ModelConfig(Frozen):
         "auto", description="Wrap prompts in the tokenizer's chat template: auto = when it has one.")
     cache_dir: str | None = Field(None, description="Where converted models are cached; None = "
                                   "$SFTRL_CACHE or ~/.cache/sftrl.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (peft).")
 
 
 class TaskConfig(Frozen):

@@ -41,7 +41,8 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
     T = L - completion_start
     pos = _positions(attention_mask)
     targets = input_ids[:, completion_start:]                                          # [N, T]
-    decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft: adapters stay in
+    decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
     if decoder is None or head is None:                     # other architectures: plain forward
         logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
                        position_ids=pos).logits[:, completion_start - 1:-1].float() / temperature

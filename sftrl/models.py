@@ -157,7 +157,37 @@ def load_policy(cfg, *, seed: int, device) -> tuple:
                              f"(offline?); download it and pass its local path as model.name")
         model, tokenizer = _load_pretrained(cfg.name, dtype)
     tokenizer = _fix_special_tokens(tokenizer, cfg.name)
-    return model.to(device=device, dtype=dtype), tokenizer
+    model = model.to(device=device, dtype=dtype)
+    if cfg.lora.enabled:
+        model = add_lora(model, cfg.lora)
+    return model, tokenizer
+
+
+def add_lora(model, lcfg):
+    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+    targets = lcfg.target_modules
+    return get_peft_model(model, LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                                            target_modules=targets, task_type="CAUSAL_LM"))
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "merge_and_unload")
+
+
+class AdaptersOff:
+    """The frozen reference of a LoRA policy: the same module with its adapters disabled, so KL
+    to the initial policy needs no second copy of the weights. Called like a model."""
+
+    def __init__(self, peft_model):
+        self.peft = peft_model
+
+    def __call__(self, *args, **kwargs):
+        with self.peft.disable_adapter():
+            return self.peft(*args, **kwargs)
+
+    def parameters(self):
+        return self.peft.parameters()
 
 
 def render_prompt(tokenizer, text: str, chat_template: str) -> str:
@@ -178,6 +208,10 @@ def save_policy(model, tokenizer, directory: str | Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        if is_lora(model):      # the adapters beside, and the merged model as the loadable policy
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            import copy
+            model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if directory.exists():

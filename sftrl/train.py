@@ -20,7 +20,7 @@ from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
 from sftrl.hybrid import SFTBuffer
-from sftrl.models import device_from, load_policy, render_prompt, save_policy
+from sftrl.models import AdaptersOff, device_from, is_lora, load_policy, render_prompt, save_policy
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
 from sftrl.rl import Algo, rl_step
@@ -159,7 +159,7 @@ class Session:
 
     def run_rl_step(self) -> dict:
         if self.needs_ref and self.ref is None:
-            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref = frozen_reference(self.model)
         return rl_step(self)
 
     def demos(self, problems: list):
@@ -307,7 +307,7 @@ def state_of(s: Session) -> dict:
     """Everything an exact resume needs: weights, optimisers and schedules, every RNG stream,
     data positions, controllers, the SFT buffer and step counters."""
     return {"step": s.step, "kind_steps": dict(s.kind_steps),
-            "model": s.model.state_dict(), "ref": None if s.ref is None else s.ref.state_dict(),
+            "model": s.model.state_dict(), "ref": s.ref.state_dict() if isinstance(s.ref, torch.nn.Module) else None,
             "optimizers": {k: {"opt": o.state_dict(), "sched": sch.state_dict()}
                            for k, (o, sch) in s.optimizers.items()},
             "rngs": {"sample": s.rngs.sample.get_state(), "eval": s.rngs.eval.get_state(),
@@ -324,6 +324,8 @@ def restore(s: Session, state: dict) -> None:
     if state["ref"] is not None:
         s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
         s.ref.load_state_dict(state["ref"])
+    elif is_lora(s.model) and s.kind_steps.get("rl"):
+        s.ref = AdaptersOff(s.model)
     s.pending_optim = dict(state["optimizers"])
     s.rngs.sample.set_state(state["rngs"]["sample"])
     s.rngs.eval.set_state(state["rngs"]["eval"])
@@ -333,6 +335,14 @@ def restore(s: Session, state: dict) -> None:
     s.entropy_ctl = entropy.controller_from_state(state["entropy"])
     s.buffer.load_state(state["buffer"], {p.id: p for p in s.train_problems})
     s.skipped, s.skipped_run = state["skipped"]
+
+
+def frozen_reference(model):
+    """The KL reference: a frozen copy of the policy as it enters RL, or for LoRA the same weights
+    with adapters disabled (adapters are zero at the start, so that is the initial policy)."""
+    if is_lora(model):
+        return AdaptersOff(model)
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def rollout_records(g, n: int) -> list[dict]:

@@ -1,0 +1,66 @@
+"""LoRA policies: only adapters train, the KL reference is the same weights with adapters off,
+and the saved policy is the merged model."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from sftrl import logprobs
+from sftrl.config import ConfigError, build_config
+from sftrl.models import AdaptersOff, load_policy, save_policy
+from sftrl.runlog import RunDir
+from sftrl.train import Session, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+LORA = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "threads=1", "eval.k=0",
+        "eval.max_new_tokens=16", "rl.rollout.max_new_tokens=16", "rl.rollout.prompts_per_step=4",
+        "rl.rollout.group_size=4", "model.lora.enabled=true", "model.lora.r=4", "rl.optim.lr=1e-2",
+        "rl.reward.functions=[{name: 'tests.rewards_for_tests:shorter'}]", "log.progress=off"]
+
+
+def _logp(model, s):
+    ro = s.last_groups.ro
+    with torch.no_grad():
+        return logprobs.token_logp(model, ro.input_ids, ro.attention_mask, ro.prompt_ids.shape[1])
+
+
+def test_lora_trains_adapters_only_and_the_reference_is_the_base(tmp_path):
+    s = Session(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path))
+    base = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad == ("lora_" in n) for n, p in s.model.named_parameters())
+    m1 = s.run_rl_step()
+    assert isinstance(s.ref, AdaptersOff) and m1["policy/kl"] == 0.0     # adapters start at zero
+    m2 = s.run_rl_step()
+    assert m2["policy/kl"] > 0 and m2["grad/norm"] > 0
+    now = dict(s.model.named_parameters())
+    assert all(torch.equal(now[n], p) for n, p in base.items())          # base weights frozen
+    assert any(not torch.equal(now[n], p) for n, p in lora.items())      # adapters moved
+    # the reference log-probs are those of the base model without adapters
+    plain, _ = load_policy(build_config({}, LORA[:1] + ["model.lora.enabled=false"]).model,
+                           seed=s.rngs.init_seed, device="cpu")
+    assert_close(_logp(s.ref, s), _logp(plain, s), atol=1e-5, rtol=1e-5)
+    assert (_logp(s.model, s) - _logp(plain, s)).abs().max() > 1e-4
+
+
+def test_lora_run_saves_adapters_and_a_merged_policy(tmp_path):
+    fit(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), tmp_path / "r")
+    assert (tmp_path / "r" / "model" / "adapter" / "adapter_config.json").is_file()
+    s = Session(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path / "s"))
+    s.run_rl_step()
+    s.run_rl_step()
+    save_policy(s.model, s.tokenizer, tmp_path / "saved")
+    merged, _ = load_policy(build_config({}, ["model.name=" + str(tmp_path / "saved")]).model, seed=0, device="cpu")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert_close(_logp(merged, s), _logp(s.model, s), atol=1e-5, rtol=1e-5)   # merged == policy
+    assert (_logp(merged, s) - _logp(s.ref, s)).abs().max() > 1e-4         # and it did train
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.lora.r=0", "model.lora.r"), ("model.lora.dropout=1.5", "model.lora.dropout")])
+def test_lora_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({}, [override])
