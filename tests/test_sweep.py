@@ -62,6 +62,20 @@ def test_sensitivity_varies_one_key_at_a_time_and_shares_points_with_the_grid(tm
         "grpo__rollout.temperature=1.0__s3"]
 
 
+def test_sensitivity_blocks_have_their_own_method_and_seeds(tmp_path):
+    blocks = [{"method": "grpo", "seeds": 2, "params": {"rl.algo.kl.coef": [0.0, 0.1]}},
+              {"method": "dr_grpo", "seeds": [1], "params": {"rl.rollout.temperature": [0.7]}}]
+    runs = plan(sweep(sensitivity=blocks, seeds=3, overrides=[*TINY, "model.name=/m/{seed}"]), tmp_path)
+    # 2 methods x 3 seeds, + grpo kl {0.0, 0.1} x seeds {0, 1}, + dr_grpo temperature 0.7 x seed 1
+    assert [r.run_id for r in runs] == [
+        "grpo__s0", "dr_grpo__s0", "grpo__kl.coef=0.0__s0", "grpo__kl.coef=0.1__s0",
+        "grpo__s1", "dr_grpo__s1", "grpo__kl.coef=0.0__s1", "grpo__kl.coef=0.1__s1",
+        "dr_grpo__rollout.temperature=0.7__s1", "grpo__s2", "dr_grpo__s2"]
+    assert all(f"model.name=/m/{r.seed}" in r.overrides for r in runs)   # {seed} filled per run
+    with pytest.raises(SweepError, match=r"unknown sensitivity\[1\] key 'seed'; did you mean 'seeds'"):
+        plan(sweep(sensitivity=[blocks[0], {"method": "grpo", "seed": 1, "params": {"x.y": [1]}}]), tmp_path)
+
+
 def test_seeds_count_expands_and_methods_take_three_forms(tmp_path):
     sw = load_sweep(sweep(seeds=3, methods={"a": "dapo", "b": ["rl.algo.preset=rloo", "rl.algo.kl.coef=0.0"],
                                             "c": None}))

@@ -45,7 +45,8 @@ KEYS = {
     "baseline": "method the report compares the others against",
     "methods": "name: rl.algo preset | [key=value ...] | null (the base as is); or a list of presets",
     "grid": "key: [values]; the cartesian product is applied to every method",
-    "sensitivity": "{method: M, params: {key: [values]}}: one key varied at a time around M",
+    "sensitivity": "{method: M, params: {key: [values]}, seeds: N} (or a list of such blocks): one key "
+                   "varied at a time around M, over the block's seeds (default: the sweep's)",
     "seeds": "list of seeds, or N meaning [0, ..., N-1]",
     "threads_per_run": "torch threads of each run (default 1)",
     "workers": "runs at a time; auto = cores // threads_per_run (default auto)",
@@ -77,7 +78,7 @@ class Sweep:
     seeds: tuple
     overrides: tuple = ()
     grid: dict = field(default_factory=dict)   # key -> tuple of values
-    sensitivity: dict | None = None    # {"method": str, "params": {key: [values]}}
+    sensitivity: tuple | None = None   # ({"method": str, "params": {key: [values]}, "seeds": [...]}, ...)
     metric: str | None = None
     baseline: str | None = None
     threads_per_run: int = 1
@@ -137,7 +138,8 @@ def parse(data: dict, text: str, root: Path, cwd: Path, default_name: str) -> Sw
     sw = Sweep(
         name=name, base=_base(data.get("base"), root, cwd), methods=methods,
         seeds=_seeds(data.get("seeds", 1)), overrides=_overrides(data.get("overrides") or [], "overrides"),
-        grid=_grid(data.get("grid") or {}, "grid"), sensitivity=_sensitivity(data.get("sensitivity"), methods),
+        grid=_grid(data.get("grid") or {}, "grid"),
+        sensitivity=_sensitivity(data.get("sensitivity"), methods, _seeds(data.get("seeds", 1))),
         metric=_metric(data.get("metric")), baseline=_member(data.get("baseline"), methods, "baseline"),
         threads_per_run=_int(data.get("threads_per_run", 1), "threads_per_run", 1),
         workers=data.get("workers", "auto") if data.get("workers", "auto") == "auto"
@@ -202,20 +204,28 @@ def _grid(grid, where: str) -> dict:
     return {k: tuple(v) for k, v in grid.items()}
 
 
-def _sensitivity(sens, methods: dict) -> dict | None:
+def _sensitivity(sens, methods: dict, seeds: tuple) -> tuple | None:
+    """One block {method, params, seeds?} or a list of them: each key of a block is varied one at
+    a time around its method, over the block's seeds (default: the sweep's)."""
     if sens is None:
         return None
-    if not isinstance(sens, dict):
-        raise SweepError("sensitivity must be {method: NAME, params: {key: [values]}}")
-    for key in sens:
-        if key not in ("method", "params"):
-            raise SweepError(f"unknown sensitivity key {key!r}; {did_you_mean(key, ['method', 'params'])}")
-    method = _member(sens.get("method"), methods, "sensitivity.method")
-    params = _grid(sens.get("params") or {}, "sensitivity.params")
-    if method is None or not params:
-        raise SweepError("sensitivity needs a method and params, e.g. {method: grpo, params: "
-                         "{rl.algo.kl.coef: [0, 0.04]}}")
-    return {"method": method, "params": {k: list(v) for k, v in params.items()}}
+    blocks = sens if isinstance(sens, list) else [sens]
+    out = []
+    for i, block in enumerate(blocks):
+        where = f"sensitivity[{i}]" if isinstance(sens, list) else "sensitivity"
+        if not isinstance(block, dict):
+            raise SweepError(f"{where} must be {{method: NAME, params: {{key: [values]}}, seeds: N}}")
+        for key in block:
+            if key not in ("method", "params", "seeds"):
+                raise SweepError(f"unknown {where} key {key!r}; {did_you_mean(key, ['method', 'params', 'seeds'])}")
+        method = _member(block.get("method"), methods, f"{where}.method")
+        params = _grid(block.get("params") or {}, f"{where}.params")
+        if method is None or not params:
+            raise SweepError(f"{where} needs a method and params, e.g. {{method: grpo, params: "
+                             f"{{rl.algo.kl.coef: [0, 0.04]}}}}")
+        out.append({"method": method, "params": {k: list(v) for k, v in params.items()},
+                    "seeds": list(_seeds(block["seeds"]) if "seeds" in block else seeds)})
+    return tuple(out)
 
 
 def _metric(metric):
@@ -257,20 +267,23 @@ def value_text(v) -> str:
     return json.dumps(v)
 
 
-def plan_points(sw: Sweep) -> list[tuple[str, dict]]:
-    """(method, params) pairs: every method x the grid's product, then the one-at-a-time
-    sensitivity points; a pair already present is not repeated."""
-    points = [(m, dict(zip(sw.grid, combo))) for m in sw.methods
-              for combo in itertools.product(*sw.grid.values())]
-    if sw.sensitivity:
-        points += [(sw.sensitivity["method"], {k: v}) for k, vs in sw.sensitivity["params"].items() for v in vs]
-    seen, out = set(), []
-    for m, params in points:
+def plan_points(sw: Sweep) -> list[tuple[str, dict, tuple]]:
+    """(method, params, seeds) triples: every method x the grid's product over all seeds, then the
+    one-at-a-time sensitivity points over their block's seeds; a (method, params) pair already
+    present only gains the seeds it lacked."""
+    grid = sw.grid or {}
+    points = [(m, dict(zip(grid, combo)), sw.seeds) for m in sw.methods
+              for combo in itertools.product(*grid.values())]
+    for block in sw.sensitivity or ():
+        points += [(block["method"], {k: v}, tuple(block["seeds"])) for k, vs in block["params"].items() for v in vs]
+    merged: dict[str, list] = {}
+    for m, params, seeds in points:
         key = json.dumps([m, params], sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append((m, params))
-    return out
+        if key in merged:
+            merged[key][2] = tuple(dict.fromkeys((*merged[key][2], *seeds)))
+        else:
+            merged[key] = [m, params, tuple(seeds)]
+    return [tuple(x) for x in merged.values()]
 
 
 def short_keys(keys) -> dict:
@@ -306,11 +319,13 @@ def experiment_dir(sw: Sweep, out_dir=None) -> Path:
 
 def plan_runs(sw: Sweep, exp: Path) -> list[RunSpec]:
     points = plan_points(sw)
-    items = [(m, params, seed) for seed in sw.seeds for m, params in points]      # seed-major
-    short = short_keys(k for _, params in points for k in params)
+    all_seeds = list(dict.fromkeys(seed for _, _, seeds in points for seed in seeds))
+    items = [(m, params, seed) for seed in all_seeds for m, params, seeds in points if seed in seeds]  # seed-major
+    short = short_keys(k for _, params, _ in points for k in params)
     out = []
     for run_id, (m, params, seed) in zip(run_ids(items, short), items):
-        overrides = (*sw.overrides, *sw.methods[m], *(f"{k}={value_text(v)}" for k, v in params.items()),
+        overrides = (*(o.replace("{seed}", str(seed)) for o in sw.overrides), *sw.methods[m],
+                     *(f"{k}={value_text(v)}" for k, v in params.items()),
                      f"seed={seed}", f"threads={sw.threads_per_run}", "log.progress=plain")
         out.append(RunSpec(run_id, m, params, seed, overrides, exp / "runs" / run_id))
     return out
@@ -328,7 +343,8 @@ def manifest(sw: Sweep, runs: list[RunSpec]) -> dict:
     """sweep.json: what the report reads to group runs by method, params and seed."""
     return {"name": sw.name, "metric": sw.metric, "baseline": sw.baseline,
             "methods": {m: list(o) for m, o in sw.methods.items()},
-            "grid": {k: list(v) for k, v in sw.grid.items()}, "sensitivity": sw.sensitivity,
+            "grid": {k: list(v) for k, v in sw.grid.items()},
+            "sensitivity": list(sw.sensitivity) if sw.sensitivity else None,
             "seeds": list(sw.seeds), "base": sw.base, "overrides": list(sw.overrides),
             "runs": [r.record() for r in runs]}
 
