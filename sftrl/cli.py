@@ -103,6 +103,22 @@ def cmd_sweep(a) -> int:
     return result.exit_code
 
 
+def cmd_study(a) -> int:
+    from sftrl.experiment.study import StudyError, load_study, results_table, run_study
+    if a.quick and a.full:
+        raise ValueError("choose one of --quick and --full")
+    spec = load_study("quick" if a.quick else "full" if a.full else a.study)
+    t0 = time.time()
+    workers = int(a.workers) if a.workers and a.workers.isdigit() else a.workers
+    try:
+        exp = run_study(spec, a.out, workers=workers, executor=a.executor, address=a.address)
+    except StudyError as e:
+        raise ValueError(str(e)) from None
+    print(results_table(exp, spec["metric"]))
+    print(f"study {spec['name']}: {(time.time() - t0) / 60:.1f} min; report: {exp / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sftrl", description="SFT + RL for small reasoning models, "
                                 "with studies that report their uncertainty.")
@@ -130,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", help="runs at a time (overrides the sweep file; 'auto' or N)")
     w.add_argument("--dry-run", action="store_true", help="validate and list the runs; train nothing")
     w.set_defaults(fn=cmd_sweep)
+    st = sub.add_parser("study", help="run the SFT vs RL vs hybrid study and write its report: "
+                        "sftrl study [NAME|FILE] [--quick|--full] [--out DIR]")
+    st.add_argument("study", nargs="?", default="default", help="default (built in), quick, full, or a "
+                    "study YAML file such as configs/studies/real-smollm2.yaml")
+    st.add_argument("--quick", action="store_true", help="smoke version (about 2 minutes)")
+    st.add_argument("--full", action="store_true", help="larger version: 10 seeds, per-seed warm starts (about 2 hours)")
+    st.add_argument("--out", help="experiment directory (default runs/<study name>/)")
+    st.add_argument("--workers", help="runs at a time ('auto' or N)")
+    st.add_argument("--executor", default="local", help="local (subprocesses) or ray")
+    st.add_argument("--address", help="Ray cluster address")
+    st.set_defaults(fn=cmd_study)
     return p
 
 

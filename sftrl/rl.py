@@ -293,6 +293,8 @@ def _clip_indicators(logp, old_logp, adv, acfg) -> dict:
 def _micro_rows(lengths: torch.Tensor, size: int | None) -> list[torch.Tensor]:
     """Local row indices in micro-batches of `size`, longest completions first, so each micro-batch
     is only as wide as its own longest completion (weights make the order irrelevant)."""
+    if not len(lengths):
+        return []
     order = torch.argsort(lengths, descending=True, stable=True)               # [n]
     return list(order.split(size or len(order)))
 
