@@ -18,9 +18,13 @@ from typing import Callable
 
 import torch
 
-from sftrl import algos, entropy, hybrid, logprobs, rollout
+from sftrl import algos, dist, entropy, hybrid, logprobs, rollout
 from sftrl.registry import bind
 from sftrl.rewards import Scored, score_rollout
+
+
+GLOBAL_SUMS = ("loss/", "policy/kl", "policy/entropy", "policy/clip_", "sft/entropy")
+"""Metrics that are sums of globally weighted terms: summed over ranks they are the global value."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,12 @@ def rl_step(s) -> dict:
 
     # -- 1-2. rollout and reward: r[P, G] for advantages, acc[P, G] for filters and routing ----
     # -- 3. routing: demonstrations of routed problems (or an expert stream) become SFT rows ----
-    g = _sample_groups(s, s.stream.next(cfg.rollout.prompts_per_step), cfg)
+    g = _sample_groups(s, dist.shard(s.stream.next(cfg.rollout.prompts_per_step)), cfg)   # this rank's block
     if hy.execution == "buffer":
-        s.buffer.push(g.routed)
+        s.buffer.push(dist.gather_objects(g.routed))       # every rank holds the same buffer
         sft_problems = []
     else:
-        sft_problems = s.expert_stream.next(s.stream_size) if hy.source == "stream" else g.routed
+        sft_problems = dist.shard(s.expert_stream.next(s.stream_size)) if hy.source == "stream" else g.routed
     ro = rollout.concat([g.ro, s.demos(sft_problems)], s.tokenizer.pad_token_id) if sft_problems else g.ro
     n_rl = g.ro.prompt_ids.shape[0]
     t_gen = time.perf_counter()
@@ -172,7 +176,7 @@ def rl_step(s) -> dict:
     adv = torch.zeros(ids.shape[0], 1)                                          # [N, 1]
     acc = torch.zeros(ids.shape[0], 1)
     if n_rl:
-        adv[:n_rl] = algo.advantage(r).reshape(-1, 1)
+        adv[:n_rl] = dist.global_rows(algo.advantage, r).reshape(-1, 1)   # groups of every rank
         acc[:n_rl] = g.sc.acc.reshape(-1, 1)
     keep_tok, penalise = algo.token_filter(old_logp, adv, old_ent, mask, gen=s.rngs.sample) \
         if need_old else (torch.ones_like(mask), torch.zeros_like(mask))
@@ -190,8 +194,8 @@ def rl_step(s) -> dict:
     mini = list(zip(rl_mini, sft_rows.tensor_split(len(rl_mini))))
     n_mb = len(mini)
     for mb_rl, mb_sft in mini:
-        w_pg = algo.weighting(mask[mb_rl])                                      # [n, T]
-        w_tok = algos.WEIGHTINGS["token_mean"](mask[mb_rl])                     # [n, T]
+        w_pg = dist.global_weights(algo.weighting, mask[mb_rl])                 # [n, T] global normalisers
+        w_tok = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask[mb_rl])   # [n, T]
         for local in _micro_rows(ro.lengths[mb_rl], cfg.micro_batch_size):
             rows = mb_rl[local]
             w_p, w_t, on = w_pg[local], w_tok[local], ~off[rows, None]
@@ -219,7 +223,7 @@ def rl_step(s) -> dict:
                 totals[f"policy/clip_{name}"] += (ind * on * w_t).sum().item() / n_mb
         if len(mb_sft):       # joint SFT term: its own token-mean normaliser, weight lambda(t)
             g_rl = _grad_snapshot(s.model)
-            w_sft = algos.WEIGHTINGS["token_mean"](sft_mask[mb_sft])           # [m, T]
+            w_sft = dist.global_weights(algos.WEIGHTINGS["token_mean"], sft_mask[mb_sft])   # [m, T]
             for local in _micro_rows(ro.lengths[mb_sft], cfg.micro_batch_size):
                 rows = mb_sft[local]
                 logp, ent = _forward(s.model, ids, attn, Lp, rows, 1.0)                 # [m, T]
@@ -242,10 +246,11 @@ def rl_step(s) -> dict:
     if hy.execution == "buffer":
         popped = s.buffer.pop(s.buffer_trigger)
         if popped:
-            totals.update(s.run_buffer_step(popped))
+            totals.update(s.run_buffer_step(dist.shard(popped)))
         totals.update({"sft/buffer_size": float(len(s.buffer.items)), "sft/triggers": float(s.buffer.triggers)})
 
     # -- 8. controllers and report ---------------------------------------------------------
+    totals = dist.sum_scalars(totals, GLOBAL_SUMS)       # losses of all ranks' rows
     s.entropy_ctl = s.entropy_ctl.update(totals["policy/entropy"], s.step)
     s.last_groups = g
     out = {**totals, **g.sc.parts, **g.metrics, "entropy/coef": coef, "optim/lr": lr,

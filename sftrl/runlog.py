@@ -148,6 +148,8 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 class RunDir:
     """Paths and safe writers of one run directory."""
 
+    writes = True
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
@@ -187,3 +189,21 @@ class RunDir:
         prov["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(prov_path, prov)
         atomic_write_text(self.file(DONE), time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+
+
+class QuietRunDir(RunDir):
+    """The run directory as seen by processes other than rank 0: readable, never written."""
+
+    writes = False
+
+    def start(self, *args, **kwargs) -> None:
+        pass
+
+    def resume(self, *args, **kwargs) -> None:
+        pass
+
+    def log(self, name: str, record: dict) -> None:
+        pass
+
+    def finish(self, final: dict) -> None:
+        pass

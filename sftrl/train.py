@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sftrl import algos, checkpoints, entropy, logprobs, verify
+from sftrl import algos, checkpoints, dist, entropy, logprobs, verify
 from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
@@ -24,7 +24,7 @@ from sftrl.models import AdaptersOff, device_from, is_lora, load_policy, render_
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
 from sftrl.rl import Algo, rl_step
-from sftrl.runlog import RunDir, truncate_jsonl
+from sftrl.runlog import QuietRunDir, RunDir, truncate_jsonl
 from sftrl.tasks import load_problems
 from sftrl.tasks.prompts import TEMPLATES, completion_target
 
@@ -67,7 +67,7 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
     exactly the full-batch loss: gradient accumulation never changes the objective.
     """
     mask = batch.completion_mask                                                # [B, T]
-    w = algos.WEIGHTINGS["token_mean"](mask)                                    # [B, T]
+    w = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask)               # [B, T] over all ranks
     ids, attn, Lp = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
     total = ent_total = 0.0
     for rows in micro_slices(ids.shape[0], micro_batch_size):
@@ -82,6 +82,7 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
         total += nll.item()
     grad_norm = clip_and_step(model, opt, sched, grad_clip, what=f"{what} (loss {total:.4g})",
                               nonfinite=nonfinite)
+    total, ent_total = dist.sum_scalars({"loss": total, "ent": ent_total}, ("loss", "ent")).values()
     out = {"loss/sft": total, "grad/norm": grad_norm, "sft/tokens": float(mask.sum()),
            "sft/truncated": float(batch.truncated.float().mean())}
     if entropy_coef:
@@ -93,6 +94,7 @@ def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str, nonf
     """Clip the global gradient norm, step optimiser and schedule. A non-finite norm (NaN/inf
     loss or gradient) stops the run, or with nonfinite="skip" drops this update (the schedule
     still advances) and returns NaN."""
+    dist.sum_gradients(model)                             # several processes: the global gradient
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
     if not torch.isfinite(norm):
@@ -115,7 +117,11 @@ class Session:
     def __init__(self, cfg: Config, run: RunDir):
         self.cfg, self.run = cfg, run
         self.device = device_from(cfg.device)
+        dist.init_from_env(self.device)
         self.rngs = make_rngs(cfg.seed)
+        rank = dist.world()[0]
+        if rank:                                  # each process samples its own completions
+            self.rngs.sample.manual_seed(self.rngs.sample.initial_seed() + 7919 * rank)
         self.train_problems = load_problems(cfg.task, "train")
         self.eval_sets = [(cfg.task, load_problems(cfg.task, "test", cfg.eval.n))] + \
             [(t, load_problems(t, "test", cfg.eval.n)) for t in cfg.eval.extra_tasks]
@@ -188,7 +194,7 @@ class Session:
 
     def run_sft_step(self) -> dict:
         cfg = self.cfg
-        problems = self.stream.next(cfg.sft.batch_size)
+        problems = dist.shard(self.stream.next(cfg.sft.batch_size))
         batch = self.demos(problems)
         opt, sched = self.optimizer("sft", cfg.sft.optim)
         lr = sched.get_last_lr()[0]
@@ -225,7 +231,7 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     quiet_libraries()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    run = RunDir(out_dir)
+    run = RunDir(out_dir) if dist.is_main_env() else QuietRunDir(out_dir)   # one writer
     text = to_yaml(cfg)
     ckpt = checkpoints.latest(run.path)
     if ckpt is not None and run.file("config.yaml").is_file() and run.file("config.yaml").read_text() != text:
@@ -234,16 +240,18 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     if ckpt is None:
         run.start(text, seed=cfg.seed, argv=argv)
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-            run.file(name).unlink(missing_ok=True)           # left by a run killed before any checkpoint
+            if run.writes:
+                run.file(name).unlink(missing_ok=True)       # left by a run killed before any checkpoint
     s = Session(cfg, run)
     if ckpt is not None:
         state = checkpoints.load(ckpt)
         restore(s, state)
         run.resume(argv=argv, step=s.step)
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-            truncate_jsonl(run.file(name), s.step)
+            if run.writes:
+                truncate_jsonl(run.file(name), s.step)
     steps = {"sft": s.run_sft_step, "rl": s.run_rl_step}
-    progress = Progress(cfg.total_steps, mode=cfg.log.progress, label=cfg.name)
+    progress = Progress(cfg.total_steps, mode=cfg.log.progress if run.writes else "off", label=cfg.name)
     t_start = time.perf_counter()
     done = 0
     for phase in cfg.phases:
@@ -264,15 +272,17 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
             if kind == "rl" and cfg.log.samples_every and s.kind_steps["rl"] % cfg.log.samples_every == 0:
                 for record in rollout_records(s.last_groups, cfg.log.samples_n):
                     run.log("samples.jsonl", {"step": s.step, "kind": "rollout", **record})
-            if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
+            if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps and run.writes:
                 ev, records = s.evaluate_all()
                 run.log("eval.jsonl", {"step": s.step, **ev})
                 for r in records:
                     run.log("samples.jsonl", {"step": s.step, "kind": "eval", **r})
                 metrics.update(ev)
-            if cfg.checkpoint.every and s.step % cfg.checkpoint.every == 0 and s.step < cfg.total_steps:
+            if cfg.checkpoint.every and s.step % cfg.checkpoint.every == 0 and s.step < cfg.total_steps and run.writes:
                 checkpoints.save(run.path, s.step, state_of(s), keep=cfg.checkpoint.keep)
             progress.update(s.step, metrics)
+    if not run.writes:                                    # other processes: training only
+        return {}
     final, records = s.evaluate_all()
     run.log("eval.jsonl", {"step": s.step, **final})
     for r in records:

@@ -1,0 +1,105 @@
+"""Two CPU processes (gloo) compute exactly the single-process objective on the same global batch:
+global normalisers, advantages over every rank's groups, summed gradients, one SFT update; and
+`accelerate launch` runs `sftrl train` end to end with one writer."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+from sftrl import algos, dist
+from sftrl.batches import demo_batch
+from sftrl.config import TinyModelConfig
+from sftrl.models import build_char_tokenizer, tiny_model
+from sftrl.train import sft_step
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTHS = [5, 3, 7, 2, 6, 4]
+
+
+def _mask(lengths, width):
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).float()
+
+
+def _sft_update(rank: int, world: int, init: str, out: str) -> None:
+    if world > 1:
+        tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    model = tiny_model(TinyModelConfig(hidden_size=32, num_layers=1), len(tok), seed=3,
+                       pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    prompts = [f"{i}+{i + 1}=" for i in range(6)]
+    targets = [f"{i}+{i + 1}={2 * i + 1} #### {2 * i + 1}" + "x" * n for i, n in enumerate(LENGTHS)]
+    rows = dist.shard(list(range(6)))
+    batch = demo_batch(tok, [prompts[i] for i in rows], [targets[i] for i in rows], max_len=64, device="cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    m = sft_step(model, opt, sched, batch, micro_batch_size=2, grad_clip=1.0)
+    # the collectives of the RL step, on hand-built tensors
+    local_rows = torch.tensor(rows)
+    full_mask = _mask(LENGTHS, 8)
+    local_mask = full_mask[local_rows][:, :int(full_mask[local_rows].sum(1).max())]
+    weights = {name: dist.global_weights(fn if name != "const_len" else (lambda x: fn(x, max_len=8)), local_mask)
+               for name, fn in algos.WEIGHTINGS.items()}
+    r = torch.arange(12.0).view(6, 2) ** 1.5
+    adv = dist.global_rows(lambda x: algos.ADVANTAGES["grpo"](x, std_scope="batch"), r[local_rows])
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in model.parameters()], "loss": m["loss/sft"],
+                    "weights": weights, "adv": adv}, out)
+    if world > 1:
+        got = [None] * world
+        tdist.all_gather_object(got, {"weights": weights, "adv": adv, "rows": rows})
+        if rank == 0:
+            torch.save({"params": [p.detach() for p in model.parameters()], "loss": m["loss/sft"],
+                        "parts": got}, out)
+        tdist.destroy_process_group()
+
+
+def test_two_processes_compute_the_single_process_update_and_normalisers(tmp_path):
+    _sft_update(0, 1, "", str(tmp_path / "one.pt"))
+    one = torch.load(tmp_path / "one.pt")
+    mp.spawn(_sft_update, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path / "two.pt")), nprocs=2)
+    two = torch.load(tmp_path / "two.pt")
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)             # global token-mean NLL
+    for a, b in zip(one["params"], two["params"]):
+        assert_close(a, b, atol=1e-6, rtol=1e-5)                           # the same AdamW update
+    rows = [r for part in two["parts"] for r in part["rows"]]
+    assert rows == list(range(6))
+    for name, w in one["weights"].items():
+        stacked = torch.cat([torch.nn.functional.pad(p["weights"][name], (0, 8 - p["weights"][name].shape[1]))
+                             for p in two["parts"]])
+        single = torch.nn.functional.pad(w, (0, 8 - w.shape[1]))
+        assert_close(stacked, single), name                                # normalisers ignore world size
+    assert_close(torch.cat([p["adv"] for p in two["parts"]]), one["adv"])   # batch-std advantage
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
+def test_accelerate_launch_trains_with_one_writer(tmp_path):
+    args = ["configs/grpo_arith.yaml", "model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8",
+            "eval.k=0", "eval.max_new_tokens=16", "threads=1", "log.progress=off",
+            "phases=[{kind: sft, steps: 3}, {kind: rl, steps: 2}]", "sft.batch_size=8",
+            "rl.rollout.prompts_per_step=4", "rl.rollout.group_size=4", "rl.rollout.max_new_tokens=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sftrl.cli", "train", *args,
+           "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5]                   # one writer, no duplicates
+    single = subprocess.run([sys.executable, "-m", "sftrl.cli", "train", *args, "phases=[{kind: sft, steps: 3}]",
+                             "--out", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ones = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    # SFT steps see the same global batch: the same losses as one process
+    assert [x["loss/sft"] for x in lines[:3]] == pytest.approx([x["loss/sft"] for x in ones], rel=1e-5)
+    assert (tmp_path / "two" / "DONE").exists()
