@@ -103,6 +103,13 @@ def cmd_sweep(a) -> int:
     return result.exit_code
 
 
+def cmd_report(a) -> int:
+    from sftrl.experiment.report import write_report
+    html_path, md_path = write_report(a.exp_dir, metric=a.metric, baseline=a.baseline, out=a.out, seed=a.seed)
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
+
 def cmd_study(a) -> int:
     from sftrl.experiment.study import StudyError, load_study, results_table, run_study
     if a.quick and a.full:
@@ -146,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", help="runs at a time (overrides the sweep file; 'auto' or N)")
     w.add_argument("--dry-run", action="store_true", help="validate and list the runs; train nothing")
     w.set_defaults(fn=cmd_sweep)
+    r = sub.add_parser("report", help="write the HTML + Markdown report of an experiment: sftrl report EXP_DIR")
+    r.add_argument("exp_dir", help="a sweep or study directory, or any folder of run directories")
+    r.add_argument("--metric", help="headline metric (default: the sweep's, else the first */acc_strict)")
+    r.add_argument("--baseline", help="method the others are compared against (default: the sweep's)")
+    r.add_argument("--out", help="HTML path (default EXP_DIR/report.html; the .md goes beside it)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator (default 0)")
+    r.set_defaults(fn=cmd_report)
     st = sub.add_parser("study", help="run the SFT vs RL vs hybrid study and write its report: "
                         "sftrl study [NAME|FILE] [--quick|--full] [--out DIR]")
     st.add_argument("study", nargs="?", default="default", help="default (built in), quick, full, or a "
