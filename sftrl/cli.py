@@ -66,6 +66,9 @@ def cmd_train(a) -> int:
     out = Path(a.out) if a.out else default_out(cfg.name, cfg.seed)
     if (out / "DONE").exists():
         raise ValueError(f"{out} already holds a finished run (DONE); choose another --out")
+    from sftrl.models import check_model_name, device_from
+    device_from(cfg.device)                      # absent CUDA or a bad model path: fail before the
+    check_model_name(cfg.model.name)             # run directory is created
     check_writable(out)
     from sftrl.train import fit
     final = fit(cfg, out, argv=sys.argv)

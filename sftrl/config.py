@@ -82,6 +82,14 @@ class TaskConfig(Frozen):
         check_task_name(v)
         return v
 
+    @field_validator("kwargs")
+    @classmethod
+    def _known_knobs(cls, v, info):
+        if "name" in info.data:                    # a bad name has already been reported
+            from sftrl.tasks import check_task_kwargs
+            check_task_kwargs(info.data["name"], v)
+        return v
+
     @field_validator("template")
     @classmethod
     def _known_template(cls, v):
@@ -178,6 +186,13 @@ class EvalConfig(Frozen):
     extra_tasks: list[TaskConfig] = Field(default_factory=list, description="More tasks to evaluate "
                                           "(e.g. harder arith levels for out-of-distribution tests).")
 
+    @model_validator(mode="after")
+    def _k_fits_batch(self):
+        if self.k > self.batch_size:               # one problem's k samples share one generation batch
+            raise ValueError(f"k={self.k} is more than batch_size={self.batch_size}: a problem's k "
+                             f"samples are generated in one batch (lower eval.k or raise eval.batch_size)")
+        return self
+
 
 class LogConfig(Frozen):
     every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
@@ -242,11 +257,19 @@ class Config(Frozen):
             out["rl"] = {**rl, "algo": algo}
         return out
 
-    @model_validator(mode="after")
-    def _checks(self):
-        if not self.phases:
+    @field_validator("phases")
+    @classmethod
+    def _some_phase(cls, v):
+        if not v:
             raise ValueError("phases is empty; add at least one phase, e.g. [{kind: sft, steps: 300}]")
-        return self
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v):
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):  # whether CUDA exists is checked at train time
+            raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or auto")
+        return v
 
     @property
     def total_steps(self) -> int:

@@ -169,6 +169,7 @@ class RLConfig(Frozen):
         a = self.algo
         bind(algos.ADVANTAGES, a.advantage, a.advantage_kwargs)
         bind(algos.SURROGATES, a.surrogate, a.surrogate_kwargs)
+        check_clip(a.surrogate_kwargs)
         bind(algos.WEIGHTINGS, a.weighting, a.weighting_kwargs)
         bind(entropy.TOKEN_FILTERS, a.token_filter, a.token_filter_kwargs)
         algos.KL[a.kl.estimator]
@@ -184,6 +185,17 @@ class RLConfig(Frozen):
             raise ValueError(f"hybrid.offpolicy=1 needs rollout.group_size >= 3 (one demonstration "
                              f"plus at least two samples); got {self.rollout.group_size}")
         return self
+
+
+def check_clip(kwargs: dict) -> None:
+    """Clip widths are numbers with 0 <= eps_low < 1 (the ratio's lower bound 1 - eps_low stays
+    positive) and eps_high >= 0; eps_high below eps_low is a valid asymmetric range, so allowed."""
+    for key, top in (("eps_low", 1.0), ("eps_high", float("inf"))):
+        v = kwargs.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < top:
+            bound = "0 <= eps_low < 1" if key == "eps_low" else "eps_high >= 0"
+            raise ValueError(f"rl.algo.surrogate_kwargs.{key}={v!r}: a clip width needs {bound} "
+                             f"(e.g. {key}=0.2)")
 
 
 def fill_unset(user: dict, preset: dict) -> dict:

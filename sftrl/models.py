@@ -125,10 +125,27 @@ def _load_pretrained(path: str | Path, dtype: torch.dtype):
             AutoTokenizer.from_pretrained(path))
 
 
+def check_model_name(name: str) -> None:
+    """Fail in one line, before anything is loaded, on a model.name that cannot resolve here
+    (whether a hub id exists is only known when it is fetched)."""
+    if name in ("tiny", "smollm2-135m"):
+        return
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model path {name!r} has no config.json; point model.name at a "
+                             f"folder saved with save_pretrained")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ValueError(f"model {name!r} is neither 'tiny', 'smollm2-135m', an existing path, nor a "
+                         f"hub id of the form owner/name (fix model.name)")
+
+
 def _fix_special_tokens(tokenizer, name: str):
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer of {name!r} has no EOS token; set one "
-                         f"(tokenizer.eos_token = ...) and save it, or use another model")
+        # a pad token can stand in for nothing here: EOS is what ends every completion
+        raise ValueError(f"tokenizer of {name!r} has no EOS token (pad: {tokenizer.pad_token!r}); set "
+                         f"one (tokenizer.eos_token = ...) and save it, or use another model.name")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token          # padded positions are always masked
     return tokenizer
@@ -144,14 +161,10 @@ def load_policy(cfg, *, seed: int, device) -> tuple:
     elif cfg.name == "smollm2-135m":
         model, tokenizer = _load_pretrained(smollm2_dir(cfg.cache_dir), dtype)
     elif Path(cfg.name).exists():
-        if not (Path(cfg.name) / "config.json").is_file():
-            raise ValueError(f"model path {cfg.name!r} has no config.json; point model.name at a "
-                             f"folder saved with save_pretrained")
+        check_model_name(cfg.name)
         model, tokenizer = _load_pretrained(cfg.name, dtype)
     else:
-        if cfg.name.startswith((".", "/")) or cfg.name.count("/") != 1:
-            raise ValueError(f"model {cfg.name!r} is neither 'tiny', 'smollm2-135m', an existing "
-                             f"path, nor a hub id of the form owner/name")
+        check_model_name(cfg.name)
         if not hub_reachable():
             raise ValueError(f"cannot reach the Hugging Face hub to fetch model {cfg.name!r} "
                              f"(offline?); download it and pass its local path as model.name")

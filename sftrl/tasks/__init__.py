@@ -7,6 +7,8 @@ module registers its loader in `TASKS` under its prefix.
 
 from __future__ import annotations
 
+import inspect
+
 from sftrl.registry import RegistryError, did_you_mean
 from sftrl.tasks.base import TASKS, Problem
 
@@ -41,6 +43,31 @@ def check_task_name(name: str) -> None:
         validate(arg)
 
 
+RESERVED = ("split", "n", "seed", "source")
+"""Loader arguments sftrl sets itself; task.kwargs may not carry them."""
+
+
+def check_task_kwargs(name: str, kwargs: dict) -> None:
+    """Fail at config time on task.kwargs the source does not take: names against the loader's
+    keyword parameters, and values through its `check_kwargs(arg, kwargs)` where it has one."""
+    _register_sources()
+    head, arg = split_name(name)
+    loader = TASKS[head]
+    params = inspect.signature(loader).parameters
+    knobs = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in RESERVED]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in kwargs:
+        if key in RESERVED:
+            raise ValueError(f"{key!r} is set from task.seed, task.train_size/test_size and the task "
+                             f"name, not task.kwargs (remove it)")
+        if not open_ended and key not in knobs:
+            hint = did_you_mean(key, knobs) if knobs else "it takes none"
+            raise ValueError(f"{key!r} is not a knob of task {name!r}; {hint}")
+    check = getattr(loader, "check_kwargs", None)
+    if check is not None:
+        check(arg, kwargs)
+
+
 def load_problems(task, split: str, n: int | None = None) -> list[Problem]:
     """Problems of `task` (a TaskConfig) for split 'train' or 'test', at most `n` of them."""
     _register_sources()
@@ -56,4 +83,4 @@ def load_problems(task, split: str, n: int | None = None) -> list[Problem]:
     return problems
 
 
-__all__ = ["Problem", "TASKS", "load_problems", "check_task_name", "split_name"]
+__all__ = ["Problem", "TASKS", "load_problems", "check_task_name", "check_task_kwargs", "split_name"]

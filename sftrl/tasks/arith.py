@@ -24,6 +24,7 @@ a numpy Generator seeded by the data seed and the knobs; duplicates are redrawn.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 
 import numpy as np
@@ -156,4 +157,12 @@ def generate(*, split: str, n: int | None, seed: int, min_ops: int = 2, max_ops:
     return out
 
 
+def _check_knobs(source: str | None, kwargs: dict) -> None:
+    """Config-time check of knob values (their names are checked against `generate`'s signature)."""
+    knobs = {k: p.default for k, p in inspect.signature(generate).parameters.items()
+             if k in ("min_ops", "max_ops", "min_operand", "max_operand", "operators")}
+    _check(**{**knobs, **{k: v for k, v in kwargs.items() if k in knobs}})
+
+
+generate.check_kwargs = _check_knobs
 TASKS.register("arith")(generate)

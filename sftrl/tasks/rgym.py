@@ -114,4 +114,5 @@ def load_rgym(*, split: str, n: int | None, seed: int, source: str | None = None
 
 
 load_rgym.validate = _validate
+load_rgym.check_kwargs = _check_kwargs             # task.kwargs names, at config time too
 TASKS.register("reasoning_gym")(load_rgym)
