@@ -18,7 +18,7 @@ import re
 from fractions import Fraction
 
 from sftrl.registry import Registry, import_object
-from sftrl.verify_worker import symbolic_equal
+from sftrl.verify_worker import MAX_CHARS, symbolic_equal
 
 TAIL = 4000
 """Flexible extraction only looks at the last TAIL characters: the answer is at the end, and a
@@ -27,21 +27,39 @@ MAX_DIGITS = 400
 """Longer digit strings are compared as text, never turned into integers."""
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_NUMBER_CHAR = re.compile(r"[\d,./-]")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
 _FRAC = re.compile(r"^(-)?\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}$")
 _PLAIN = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d*)?$")
 
 
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of each '{' that is closed -> index of its '}', in one pass (stray '}' ignored)."""
+    close, open_at = {}, []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            open_at.append(m.start())
+        elif open_at:
+            close[open_at.pop()] = m.start()
+    return close
+
+
 def _last_boxed(text: str) -> tuple[int, str | None]:
-    """(start index, content) of the last \\boxed{...} / \\fbox{...} with balanced braces."""
-    best = (-1, None)
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            best = (m.start(), text[m.end():i - 1].strip())
-    return best
+    """(start index, content) of the last \\boxed{...} / \\fbox{...} with balanced braces.
+
+    One brace-matching pass, not a scan per marker: 20,000 unclosed '\\boxed{' must not cost
+    20,000 scans of the text."""
+    marks = list(_BOXED.finditer(text))
+    if not marks:
+        return -1, None
+    close = _closing_braces(text[marks[0].end() - 1:])
+    base = marks[0].end() - 1
+    for m in reversed(marks):
+        end = close.get(m.end() - 1 - base)
+        if end is not None:
+            return m.start(), text[m.end():base + end].strip()
+    return -1, None
 
 
 def extract_strict(text: str | None) -> str | None:
@@ -64,7 +82,10 @@ def extract_flexible(text: str | None) -> str | None:
     strict = extract_strict(text)
     if strict is not None or not text:
         return strict
-    found = _NUMBER.findall(text[-TAIL:])
+    start = max(0, len(text.rstrip()) - TAIL)          # trailing whitespace must not move the window
+    while start > 0 and _NUMBER_CHAR.match(text, start - 1):     # never cut a number in two
+        start -= 1
+    found = _NUMBER.findall(text, start)
     return found[-1].rstrip(",") if found else None
 
 
@@ -75,9 +96,14 @@ def extract(text: str | None, mode: str = "strict") -> str | None:
 
 
 def to_number(s: str | None) -> Fraction | None:
-    """Exact value of a plain number ('1,234', '-5', '3.50', '1/2', '\\frac{1}{2}', '$5$'), else None."""
+    """Exact value of a plain number ('1,234', '-5', '3.50', '1/2', '\\frac{1}{2}', '$5$'), else None.
+
+    Unicode decimal digits count as digits ('١٢' is 12, as a reader sees it); superscripts do not;
+    invisible characters (NUL, zero-width spaces and joiners, BOM) are ignored."""
     if s is None:
         return None
+    if not s.isprintable():
+        s = "".join(ch for ch in s if ch.isprintable() or ch.isspace())
     t = s.strip().strip("$").strip()
     t = t.removeprefix("\\(").removesuffix("\\)").strip().rstrip(".")
     t = t.replace("\\!", "").replace("{,}", ",").replace(" ", "")
@@ -113,15 +139,23 @@ def is_equiv(pred: str | None, gold: str, *, timeout: float = 2.0) -> bool:
     """Exact numeric equality, else math-verify equivalence within `timeout` seconds."""
     if pred is None or gold is None:
         return False
+    if len(pred) > MAX_CHARS or len(gold) > MAX_CHARS:     # never symbolic: not worth a cache slot
+        return _equiv_cached.__wrapped__(pred, gold, timeout)
     return _equiv_cached(pred, gold, timeout)
 
 
-def is_correct(text: str | None, gold: str, mode: str = "strict") -> bool:
-    return is_equiv(extract(text, mode), gold)
+def is_correct(text: str | None, gold: str, mode: str = "strict", *, timeout: float = 2.0) -> bool:
+    """Whether the answer extracted from `text` in `mode` is equivalent to `gold`."""
+    return is_equiv(extract(text, mode), gold, timeout=timeout)
 
 
-def score_batch(completions: list[str], answers: list[str], mode: str = "strict") -> list[bool]:
-    return [is_correct(c, a, mode) for c, a in zip(completions, answers)]
+def score_batch(completions: list[str], answers: list[str], mode: str = "strict", *,
+                timeout: float = 2.0) -> list[bool]:
+    """`is_correct` of each completion against its answer (the lists pair up one to one)."""
+    if len(completions) != len(answers):
+        raise ValueError(f"score_batch: {len(completions)} completions but {len(answers)} answers; "
+                         f"pass one answer per completion")
+    return [is_correct(c, a, mode, timeout=timeout) for c, a in zip(completions, answers)]
 
 
 REWARDS = Registry("reward")
@@ -130,9 +164,11 @@ REWARDS = Registry("reward")
 
 @REWARDS.register("correctness")
 def correctness(completions, problems, *, correct: float = 1.0, wrong: float = 0.0,
-                mode: str = "strict") -> list[float]:
-    """`correct` when the extracted answer equals the reference, else `wrong` (DAPO uses +-1)."""
-    return [correct if is_correct(c, p.answer, mode) else wrong for c, p in zip(completions, problems)]
+                mode: str = "strict", timeout: float = 2.0) -> list[float]:
+    """`correct` when the extracted answer equals the reference, else `wrong` (DAPO uses +-1);
+    `timeout` bounds each symbolic check in seconds (an answer that overruns it is wrong)."""
+    return [correct if is_correct(c, p.answer, mode, timeout=timeout) else wrong
+            for c, p in zip(completions, problems)]
 
 
 @REWARDS.register("format")
