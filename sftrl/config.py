@@ -61,6 +61,13 @@ class ModelConfig(Frozen):
     cache_dir: str | None = Field(None, description="Where converted models are cached; None = "
                                   "$SFTRL_CACHE or ~/.cache/sftrl.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (peft).")
+    autocast: Literal["off", "bf16"] = Field(
+        "off", description="Mixed precision: 'bf16' runs forward passes (training, reference, rollouts, "
+        "evaluation) under torch.autocast in bfloat16 while weights, gradients and optimiser state stay "
+        "in model.dtype; log-softmax and entropy are always computed in float32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in backward instead of keeping "
+        "them (less memory, ~30% more compute per update).")
 
 
 class TaskConfig(Frozen):

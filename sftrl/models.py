@@ -171,9 +171,21 @@ def load_policy(cfg, *, seed: int, device) -> tuple:
         model, tokenizer = _load_pretrained(cfg.name, dtype)
     tokenizer = _fix_special_tokens(tokenizer, cfg.name)
     model = model.to(device=device, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):          # transformers >= 5.24
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False      # training forwards keep no cache; rollouts ask for theirs
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora)
     return model, tokenizer
+
+
+def autocast(cfg, device: torch.device):
+    """The mixed-precision context of `cfg.autocast` (ModelConfig) on `device`: bfloat16 autocast,
+    or a no-op when it is 'off'. Weights, gradients and optimiser state keep their dtype."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
 
 
 def add_lora(model, lcfg):

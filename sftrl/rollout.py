@@ -4,17 +4,33 @@ Owns: `sample` (a KV-cached decode loop over a Hugging Face causal LM) and the `
 It does not score, and it does not compute the log-probs used in the loss: those are recomputed
 by the training forward (`sftrl.logprobs`) so sampler and learner never disagree numerically.
 
-Why not `model.generate`: it cannot take a generator (seeds would not pin sampling), and two
+Why not `model.generate`: it cannot take a generator (seeds would not pin sampling), and three
 things here make sampling cheaper: the prompt is prefilled once per prompt and its cache is
-repeated G times, and rows that have finished are dropped from the batch as they finish.
+repeated G times; rows that have finished leave the batch (in batches of rows, so the cache is
+not copied at every step); and for Llama-style decoders (Llama, SmolLM2, Qwen2, with or without
+LoRA) the loop calls the model's own layers on a key/value cache allocated once, without the
+per-step mask, position and cache rebuilding of a full `model(...)` call. Other architectures
+take the same loop through `model(...)` with a `DynamicCache`. Both loops compute the same
+next-token distributions and draw from the generator in the same order.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
+
+DIRECT_TYPES = ("llama", "qwen2")
+"""`config.model_type`s whose decoder layers the direct loop runs (pre-norm attention + MLP, RoPE)."""
+DIRECT_ROPE = ("default", "linear", "llama3")
+"""RoPE variants whose angle at a position does not depend on the sequence length."""
+ENGINES = ("auto", "direct", "hf")
+COMPACT_FRACTION = 0.125
+"""Finished rows stay in the batch until they are this fraction of it; then the batch is compacted."""
 
 
 @dataclass
@@ -65,21 +81,62 @@ def _pick(logits: torch.Tensor, *, greedy: bool, temperature: float, top_p: floa
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: int = 64,
            temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-           gen: torch.Generator | None = None) -> Rollout:
-    """Sample `n` completions for each prompt (greedy or temperature/top-p), stopping at EOS."""
+           gen: torch.Generator | None = None, engine: str = "auto") -> Rollout:
+    """Sample `n` completions for each prompt (greedy or temperature/top-p), stopping at EOS.
+
+    `engine`: "direct" runs the decoder layers on a preallocated cache (Llama-style models only),
+    "hf" calls `model(...)` each step, "auto" picks "direct" when the model supports it."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; use one of {', '.join(ENGINES)}")
+    parts = _direct_parts(model)
+    if engine == "direct" and parts is None:
+        raise ValueError(f"rollout engine 'direct' needs a Llama-style model ({', '.join(DIRECT_TYPES)}); "
+                         f"use engine='hf' or 'auto' for {type(model).__name__}")
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)        # [P, Lp]
-    P, Lp = prompt_ids.shape
-    N = P * n
+    N = prompt_ids.shape[0] * n
+    pick = partial(_pick, greedy=greedy, temperature=temperature, top_p=top_p, gen=gen)
     was_training = model.training
     model.eval()
+    try:
+        if parts is not None and engine != "hf":
+            tokens, lengths, finished = _decode_direct(parts, prompt_ids, prompt_mask, n, max_new_tokens,
+                                                       pad_id, eos_id, pick)
+        else:
+            tokens, lengths, finished = _decode_hf(model, prompt_ids, prompt_mask, n, max_new_tokens,
+                                                   pad_id, eos_id, pick)
+    finally:
+        model.train(was_training)
+
+    T = int(lengths.max().item()) if N else 0
+    steps = torch.arange(T, device=device)
+    completion_mask = (steps[None, :] < lengths[:, None]).float()               # [N, T]
+    completion_ids = tokens[:, :T].masked_fill(completion_mask == 0, pad_id)    # [N, T]
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollout(prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
+                   completion_ids=completion_ids, completion_mask=completion_mask,
+                   truncated=~finished, texts=texts)
+
+
+def _cache_keyword(model) -> str:
+    """The name under which this transformers version passes and returns the KV cache
+    (`cache` from 5.24, `past_key_values` before)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _decode_hf(model, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_id: int, eos_id: int, pick):
+    """(tokens [N, max_new], lengths [N], finished [N]) through `model(...)` and a DynamicCache."""
+    device = prompt_ids.device
+    N = prompt_ids.shape[0] * n
 
     # -- prefill once per prompt, then repeat the cache for the G samples -----------------
     positions = (prompt_mask.cumsum(1) - 1).clamp(min=0).long()                  # [P, Lp]
+    key = _cache_keyword(model)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions,
-                past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+                use_cache=True, logits_to_keep=1, **{key: DynamicCache()})
+    cache = out[key]
     if n > 1:
         cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].repeat_interleave(n, 0)                          # [N, V]
@@ -92,7 +149,7 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
     rows = torch.arange(N, device=device)                                       # [n_live]
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        tok = _pick(logits, greedy=greedy, temperature=temperature, top_p=top_p, gen=gen)
+        tok = pick(logits)
         tokens[rows, t] = tok
         lengths[rows] = t + 1
         done = tok == eos_id                                                    # [n_live]
@@ -105,20 +162,170 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
             rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
         attn = torch.cat([attn, attn.new_ones(len(rows), 1)], 1)                # [n_live, L+1]
         out = model(input_ids=tok[:, None], attention_mask=attn.long(), position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    use_cache=True, **{key: cache})
+        cache = out[key]
         logits = out.logits[:, -1]                                              # [n_live, V]
         next_pos = next_pos + 1
-    model.train(was_training)
+    return tokens, lengths, finished
 
-    T = int(lengths.max().item()) if N else 0
-    steps = torch.arange(T, device=device)
-    completion_mask = (steps[None, :] < lengths[:, None]).float()               # [N, T]
-    completion_ids = tokens[:, :T].masked_fill(completion_mask == 0, pad_id)    # [N, T]
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
-                   completion_ids=completion_ids, completion_mask=completion_mask,
-                   truncated=~finished, texts=texts)
+
+# -- the direct loop: the model's own layers on a cache allocated once --------------------------
+def _direct_parts(model):
+    """(decoder, lm_head) of a Llama-style causal LM the direct loop reproduces, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft: adapters stay in
+    cfg, decoder, head = getattr(base, "config", None), getattr(base, "model", None), getattr(base, "lm_head", None)
+    if cfg is None or decoder is None or head is None or getattr(cfg, "model_type", None) not in DIRECT_TYPES:
+        return None
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in DIRECT_ROPE:
+        return None
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if not all(hasattr(decoder, a) for a in needed):
+        return None
+    for layer in decoder.layers:
+        a = getattr(layer, "self_attn", None)
+        if a is None or getattr(a, "sliding_window", None) or hasattr(a, "q_norm") or \
+                not all(hasattr(a, x) for x in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")):
+            return None
+    return decoder, head
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as Llama applies it: x * cos + rotate_half(x) * sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def _fused(layer):
+    """(q|k|v weight, bias, split sizes, gate|up weight, bias) of a layer whose projections are plain
+    `nn.Linear`s, so a decode step runs two matmuls where it would run five; None otherwise
+    (LoRA-wrapped projections, other MLPs): the layer's modules are then called one by one."""
+    a, mlp = layer.self_attn, getattr(layer, "mlp", None)
+    lin = torch.nn.Linear
+    if type(a.q_proj) is not lin or type(a.k_proj) is not lin or type(a.v_proj) is not lin or \
+            not all(type(getattr(mlp, x, None)) is lin for x in ("gate_proj", "up_proj")) or \
+            not hasattr(mlp, "act_fn") or not hasattr(mlp, "down_proj"):
+        return None
+    qkv = (a.q_proj, a.k_proj, a.v_proj)
+    if len({m.bias is None for m in qkv}) > 1 or (mlp.gate_proj.bias is None) != (mlp.up_proj.bias is None):
+        return None
+    cat_bias = (lambda ms: None if ms[0].bias is None else torch.cat([m.bias for m in ms]))
+    return (torch.cat([m.weight for m in qkv]), cat_bias(qkv), [m.out_features for m in qkv],
+            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), cat_bias((mlp.gate_proj, mlp.up_proj)))
+
+
+def _layer(layer, fused, h, cos, sin, k_cache, v_cache, col: int, mask):
+    """One pre-norm decoder layer on h [n, q, D] at cache columns col..col+q-1: writes the new keys
+    and values into k_cache/v_cache [n, KV, C, hd] and attends over columns :col+q under mask
+    [n, 1, q, col+q] (True = attend). `fused` is `_fused(layer)`."""
+    a, mlp = layer.self_attn, layer.mlp
+    n, q, _ = h.shape
+    x = layer.input_layernorm(h)
+    if fused is None:
+        qs, ks, vs = a.q_proj(x), a.k_proj(x), a.v_proj(x)
+    else:
+        qs, ks, vs = F.linear(x, fused[0], fused[1]).split(fused[2], -1)
+    qs = qs.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, H, q, hd]
+    ks = ks.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, KV, q, hd]
+    vs = vs.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, KV, q, hd]
+    k_cache[:, :, col:col + q] = _rotate(ks, cos, sin)
+    v_cache[:, :, col:col + q] = vs
+    end = col + q
+    o = F.scaled_dot_product_attention(_rotate(qs, cos, sin), k_cache[:, :, :end], v_cache[:, :, :end],
+                                       attn_mask=mask, scale=a.scaling,
+                                       enable_gqa=qs.shape[1] != ks.shape[1])   # [n, H, q, hd]
+    h = h + a.o_proj(o.transpose(1, 2).reshape(n, q, -1))
+    x = layer.post_attention_layernorm(h)
+    if fused is None:
+        return h + mlp(x)
+    gate, up = F.linear(x, fused[3], fused[4]).chunk(2, -1)
+    return h + mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_id: int, eos_id: int, pick):
+    """(tokens [N, max_new], lengths [N], finished [N]) from the decoder's layers on a cache of
+    Lp + max_new_tokens columns, allocated once. Finished rows are computed on (and ignored) until
+    they are COMPACT_FRACTION of the batch; sampling always sees the live rows in output order."""
+    decoder, head = parts
+    device = prompt_ids.device
+    P, Lp = prompt_ids.shape
+    N, C = P * n, Lp + max_new_tokens
+    layers = list(decoder.layers)
+    fused = [_fused(layer) for layer in layers]
+    a0 = layers[0].self_attn
+    kv_heads = a0.k_proj.out_features // a0.head_dim if hasattr(a0.k_proj, "out_features") else \
+        decoder.config.num_key_value_heads
+    h = decoder.embed_tokens(prompt_ids)                                        # [P, Lp, D]
+    cos, sin = decoder.rotary_emb(h, torch.arange(C, device=device)[None])      # [1, C, hd] each
+    cos, sin = cos[0], sin[0]                                                   # [C, hd]
+
+    # -- prefill the P prompts, then repeat their keys/values into the N-row cache ---------
+    valid = prompt_mask > 0                                                     # [P, Lp]
+    pos = (prompt_mask.cumsum(1) - 1).clamp(min=0).long()                       # [P, Lp]
+    causal = torch.ones(Lp, Lp, dtype=torch.bool, device=device).tril()
+    # a left-pad query attends to itself too, so its (unused) output stays finite
+    mask = (causal[None] & valid[:, None, :]) | torch.eye(Lp, dtype=torch.bool, device=device)[None]
+    mask = mask[:, None]                                                        # [P, 1, Lp, Lp]
+    c_p, s_p = cos[pos][:, None], sin[pos][:, None]                             # [P, 1, Lp, hd]
+    caches = []
+    for layer, f in zip(layers, fused):
+        kc = h.new_empty(P, kv_heads, Lp, layer.self_attn.head_dim)
+        vc = torch.empty_like(kc)
+        h = _layer(layer, f, h, c_p, s_p, kc, vc, 0, mask)
+        big_k = h.new_empty(N, kv_heads, C, layer.self_attn.head_dim)
+        big_v = torch.empty_like(big_k)
+        big_k[:, :, :Lp] = kc.repeat_interleave(n, 0)
+        big_v[:, :, :Lp] = vc.repeat_interleave(n, 0)
+        caches.append((big_k, big_v))
+    logits = head(decoder.norm(h[:, -1:]))[:, 0].repeat_interleave(n, 0)      # [N, V]
+
+    # -- decode: batch row i is output row rows[i]; `live` indexes the unfinished batch rows --
+    attend = torch.zeros(N, C, dtype=torch.bool, device=device)                 # [n_b, C]
+    attend[:, :Lp] = valid.repeat_interleave(n, 0)
+    next_pos = attend.sum(1)                                                    # [n_b]
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(N, dtype=torch.long, device=device)
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    rows = torch.arange(N, device=device)                                       # [n_b]
+    live = None                                                                 # None: every batch row
+    feed = torch.full((N,), pad_id, dtype=torch.long, device=device)            # [n_b]
+    for t in range(max_new_tokens):
+        tok = pick(logits if live is None else logits[live])                    # [n_live]
+        out_rows = rows if live is None else rows[live]
+        tokens[out_rows, t] = tok
+        lengths[out_rows] = t + 1
+        done = tok == eos_id                                                    # [n_live]
+        finished[out_rows[done]] = True
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        if live is None:
+            feed = tok
+        else:
+            feed[live] = tok
+        if bool(done.any()):
+            live = (torch.arange(len(rows), device=device) if live is None else live)[~done]
+            if len(rows) - len(live) >= COMPACT_FRACTION * len(rows):        # drop finished rows
+                col = Lp + t                                                    # columns written so far
+                caches = [(_keep(k, live, col), _keep(v, live, col)) for k, v in caches]
+                rows, attend, next_pos, feed = rows[live], attend[live], next_pos[live], feed[live]
+                live = None
+        col = Lp + t
+        attend[:, col] = True
+        h = decoder.embed_tokens(feed)[:, None]                                 # [n_b, 1, D]
+        c_t, s_t = cos[next_pos][:, None, None], sin[next_pos][:, None, None]   # [n_b, 1, 1, hd]
+        mask = attend[:, None, None, :col + 1]                                  # [n_b, 1, 1, col+1]
+        for layer, f, (kc, vc) in zip(layers, fused, caches):
+            h = _layer(layer, f, h, c_t, s_t, kc, vc, col, mask)
+        logits = head(decoder.norm(h))[:, 0]                                    # [n_b, V]
+        next_pos = next_pos + 1
+    return tokens, lengths, finished
+
+
+def _keep(cache: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """A cache [n, KV, C, hd] with only `rows`, of which only the first `width` columns are copied."""
+    out = cache.new_empty(len(rows), *cache.shape[1:])
+    out[:, :, :width] = cache[rows, :, :width]
+    return out
 
 
 # -- group bookkeeping for dynamic sampling: rows stay prompt-major ----------------------------

@@ -20,7 +20,7 @@ from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
 from sftrl.hybrid import SFTBuffer
-from sftrl.models import AdaptersOff, device_from, is_lora, load_policy, render_prompt, save_policy
+from sftrl.models import AdaptersOff, autocast, device_from, is_lora, load_policy, render_prompt, save_policy
 from sftrl.optim import make_optimizer
 from sftrl.progress import Progress
 from sftrl.rl import Algo, rl_step
@@ -163,10 +163,16 @@ class Session:
         return clip_and_step(self.model, opt, sched, grad_clip, what=f"{kind} step {self.step + 1}",
                              nonfinite=self.cfg.guard.nonfinite)
 
+    def precision(self):
+        """Context of model.autocast: every forward of the run (training, reference, rollouts,
+        evaluation) runs inside it."""
+        return autocast(self.cfg.model, self.device)
+
     def run_rl_step(self) -> dict:
         if self.needs_ref and self.ref is None:
             self.ref = frozen_reference(self.model)
-        return rl_step(self)
+        with self.precision():
+            return rl_step(self)
 
     def demos(self, problems: list):
         """Prompt + demonstration rows of `problems` (a Rollout-shaped batch)."""
@@ -182,7 +188,7 @@ class Session:
                                            "schedule": "constant"})
         opt, sched = self.optimizer("buffer", ocfg)
         size, losses = hy.buffer_batch or len(problems), []
-        for _ in range(hy.buffer_epochs):
+        for _ in range(hy.buffer_epochs):       # called from rl_step: already under self.precision()
             for i in range(0, len(problems), size):
                 out = sft_step(self.model, opt, sched, self.demos(problems[i:i + size]),
                                micro_batch_size=rl.micro_batch_size, grad_clip=ocfg.grad_clip,
@@ -198,17 +204,19 @@ class Session:
         batch = self.demos(problems)
         opt, sched = self.optimizer("sft", cfg.sft.optim)
         lr = sched.get_last_lr()[0]
-        out = sft_step(self.model, opt, sched, batch, micro_batch_size=cfg.sft.micro_batch_size,
-                       grad_clip=cfg.sft.optim.grad_clip, nonfinite=cfg.guard.nonfinite,
-                       what=f"sft step {self.step + 1}")
+        with self.precision():
+            out = sft_step(self.model, opt, sched, batch, micro_batch_size=cfg.sft.micro_batch_size,
+                           grad_clip=cfg.sft.optim.grad_clip, nonfinite=cfg.guard.nonfinite,
+                           what=f"sft step {self.step + 1}")
         return {**out, "optim/lr": lr}
 
     def evaluate_all(self) -> tuple[dict, list[dict]]:
         metrics, records = {}, []
         for task, problems in self.eval_sets:
             prompts = [self.prompt(p, task.template) for p in problems]
-            m, r = evaluate(self.model, self.tokenizer, problems, prompts, key=task.key,
-                            ecfg=self.cfg.eval, gen=self.rngs.eval)
+            with self.precision():
+                m, r = evaluate(self.model, self.tokenizer, problems, prompts, key=task.key,
+                                ecfg=self.cfg.eval, gen=self.rngs.eval)
             metrics.update(m)
             records.extend(r)
         return metrics, records

@@ -95,3 +95,9 @@ def test_smollm2_offline_preset(tmp_path):
     assert "<|im_start|>user" in prompt and prompt.endswith("<|im_start|>assistant\n")
     ro = rollout.sample(model, tok, [prompt], greedy=True, max_new_tokens=8)
     assert ro.texts[0].strip()
+    # the direct decode loop runs the real model (GQA, tied head, its RoPE base) like model(...)
+    assert rollout._direct_parts(model) is not None
+    two = [prompt, render_prompt(tok, "Name a prime.", "auto")]
+    a = rollout.sample(model, tok, two, n=2, max_new_tokens=8, gen=torch.Generator().manual_seed(0), engine="hf")
+    b = rollout.sample(model, tok, two, n=2, max_new_tokens=8, gen=torch.Generator().manual_seed(0), engine="direct")
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts

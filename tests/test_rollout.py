@@ -88,3 +88,74 @@ def test_concat_and_select_keep_rows_aligned():
     assert rollout.group_rows(torch.tensor([1, 0]), 2).tolist() == [2, 3, 0, 1]
     picked = rollout.select_rows(both, torch.tensor([2, 3]))
     assert picked.texts == b.texts
+
+
+def _eos_biased(model, tok, amount=0.3):
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += amount * model.lm_head.weight.mean(0)
+    return model
+
+
+def _same_rollouts(a, b):
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
+    assert torch.equal(a.completion_mask, b.completion_mask) and torch.equal(a.truncated, b.truncated)
+
+
+def test_direct_engine_equals_the_model_call_loop():
+    """The direct loop (own layers, preallocated cache, batched compaction) samples exactly what
+    the `model(...)` loop samples: same distributions, same draws from the generator."""
+    model, tok = setup()
+    _eos_biased(model, tok)
+    assert rollout._direct_parts(model) is not None
+    prompts = ["1+2=", "12*13-4=", "7=", "3*3*3*3-1="]
+    for kw in ({"greedy": True}, {"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.9}):
+        a = rollout.sample(model, tok, prompts, n=5, max_new_tokens=20, gen=torch.Generator().manual_seed(3),
+                           engine="hf", **kw)
+        b = rollout.sample(model, tok, prompts, n=5, max_new_tokens=20, gen=torch.Generator().manual_seed(3),
+                           engine="direct", **kw)
+        _same_rollouts(a, b)
+        if "temperature" in kw:                         # rows finished early: compaction was exercised
+            assert 0 < int(a.truncated.sum()) < 20 and int(a.lengths.min()) < 10
+    auto = rollout.sample(model, tok, prompts, n=5, max_new_tokens=20, gen=torch.Generator().manual_seed(3),
+                          temperature=0.7, top_p=0.9)
+    _same_rollouts(auto, b)
+
+
+def test_direct_engine_handles_gqa_biases_and_lora():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    qwen = _eos_biased(Qwen2ForCausalLM(cfg).eval(), tok, 0.5)
+    assert qwen.model.layers[0].self_attn.q_proj.bias is not None           # qkv biases, 2 KV heads
+    from sftrl.config import LoraConfig
+    from sftrl.models import add_lora
+    llama, _ = setup(4)
+    lora = add_lora(llama, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"]))
+    with torch.no_grad():                       # non-zero adapters, so they change the distribution
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    for model in (qwen, lora):
+        assert rollout._direct_parts(model) is not None
+        a = rollout.sample(model, tok, ["1+2=", "45-6="], n=3, max_new_tokens=12,
+                           gen=torch.Generator().manual_seed(1), engine="hf")
+        b = rollout.sample(model, tok, ["1+2=", "45-6="], n=3, max_new_tokens=12,
+                           gen=torch.Generator().manual_seed(1), engine="direct")
+        _same_rollouts(a, b)
+
+
+def test_engine_errors_name_the_fix():
+    import pytest
+    model, tok = setup()
+    with pytest.raises(ValueError, match="unknown rollout engine 'fast'"):
+        rollout.sample(model, tok, ["1="], engine="fast")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=64,
+                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    with pytest.raises(ValueError, match="engine='hf'"):
+        rollout.sample(gpt2, tok, ["1="], engine="direct")
+    ro = rollout.sample(gpt2, tok, ["1=", "22="], n=2, max_new_tokens=4, gen=torch.Generator().manual_seed(0))
+    assert ro.completion_ids.shape[0] == 4        # auto falls back to the model(...) loop
