@@ -114,10 +114,12 @@ def cmd_report(a) -> int:
 
 
 def cmd_study(a) -> int:
-    from sftrl.experiment.study import StudyError, load_study, results_table, run_study
+    from sftrl.experiment.study import StudyError, load_study, results_table, run_study, smoke
     if a.quick and a.full:
         raise ValueError("choose one of --quick and --full")
     spec = load_study("quick" if a.quick else "full" if a.full else a.study)
+    if a.smoke:
+        spec = smoke(spec)
     t0 = time.time()
     workers = int(a.workers) if a.workers and a.workers.isdigit() else a.workers
     try:
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "study YAML file such as configs/studies/real-smollm2.yaml")
     st.add_argument("--quick", action="store_true", help="smoke version (about 2 minutes)")
     st.add_argument("--full", action="store_true", help="larger version: 10 seeds, per-seed warm starts (about 2 hours)")
+    st.add_argument("--smoke", action="store_true", help="shrink the chosen study to a few steps, 2 seeds "
+                    "and a handful of problems: checks that it runs end to end (e.g. a GPU study on a CPU)")
     st.add_argument("--out", help="experiment directory (default runs/<study name>/)")
     st.add_argument("--workers", help="runs at a time ('auto' or N)")
     st.add_argument("--executor", default="local", help="local (subprocesses) or ray")

@@ -75,7 +75,8 @@ def _draw(s, problems, rcfg) -> tuple:
     G = ro_cfg.group_size
     prompts = [s.prompt(p, s.cfg.task.template) for p in problems]
     ro = rollout.sample(s.model, s.tokenizer, prompts, n=G - hy.offpolicy, max_new_tokens=ro_cfg.max_new_tokens,
-                        temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, gen=s.rngs.sample)
+                        temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, gen=s.rngs.sample,
+                        engine=ro_cfg.engine)
     off = torch.zeros(len(problems) * G, dtype=torch.bool)
     if hy.offpolicy:
         ro, off = hybrid.with_demos(ro, s.demos(problems), G, s.tokenizer.pad_token_id)

@@ -163,3 +163,32 @@ def test_grid_points_are_methods_and_bad_files_never_crash(tmp_path):
     assert "| g [coef=0.04] | 3 | 0.150 |" in md and "| g [coef=0.0] | 3 | 0.110 |" in md
     assert "g: rl.algo.kl.coef" in md and "final.json is missing or unreadable" in md
     assert md.count("unreadable line skipped") == 2
+
+
+def test_smoke_shrinks_any_study_and_every_run_config_is_valid(tmp_path):
+    """`sftrl study FILE --smoke`: same methods and keys, tiny sizes; every planned run builds."""
+    from sftrl.config import build_config
+    from sftrl.experiment.study import load_study, main_sweep, smoke, warm_sweep
+    from sftrl.experiment.sweep import plan
+    for name in ("default", "full", str(ROOT / "configs/studies/real-smollm2.yaml")):
+        spec = load_study(name)
+        s = smoke(spec)
+        assert s["name"] == spec["name"] + "-smoke" and s["methods"] == spec["methods"]
+        assert s["seeds"] == 2 and s["base"]["schedule"]["steps"] == 4
+        assert [sorted(b["params"]) for b in s["sensitivity"]] == [sorted(b["params"]) for b in spec["sensitivity"]]
+        assert all(len(v) == 1 for b in s["sensitivity"] for v in b["params"].values())
+        assert s["warm"]["overrides"][-1] == "phases=[{kind: sft, steps: 2}]"
+        assert sum(o.startswith("phases=") for o in s["warm"]["overrides"]) == 1
+        exp = tmp_path / s["name"]
+        exp.mkdir()
+        (exp / "base.yaml").write_text(yaml.safe_dump(s["base"], sort_keys=False))
+        warm_runs = plan(warm_sweep(s, exp), exp / "warm")
+        main = main_sweep(s, exp)
+        main["overrides"] = []                      # the warm model does not exist yet
+        runs = plan(main, exp)
+        assert len(runs) == 2 * len(s["methods"]) + 2 * sum(len(b["params"]) for b in s["sensitivity"])
+        for r in warm_runs + runs:
+            cfg = build_config(yaml.safe_load((exp / "base.yaml").read_text()), list(r.overrides))
+            assert cfg.task.test_size == 8 and cfg.rl.rollout.max_new_tokens == 32
+            assert cfg.steps_of("sft") + cfg.steps_of("rl") <= 4 or r in warm_runs
+    assert load_study(str(ROOT / "configs/studies/real-smollm2.yaml"))["base"]["model"]["name"] == "smollm2-135m"

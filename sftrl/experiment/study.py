@@ -41,7 +41,8 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
 # The default study: tiny Llama (hidden 64, 2 layers) on 2-3 operation arithmetic, sized for about
 # 15 minutes on 2 CPU cores. A 700-step SFT warm start reaches ~11% (the regime where the model
 # still fails most problems, which is where the hybrids claim to help); every method then spends
-# 80 optimiser steps from it. Two optimiser steps per rollout, so the clip range epsilon matters.
+# 48 steps from it (an SFT step is one batch of 64 demonstrations; an RL step is one rollout of
+# 8 x 8 and two optimiser steps on it, so the clip range epsilon matters).
 DEFAULT = {
     "name": "study",
     "question": "Does combining SFT and RL (sequential, alternating, joint loss, routed, off-policy "
@@ -51,7 +52,7 @@ DEFAULT = {
         "name": "study",
         "model": {"name": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
         "task": {"name": "arith", "kwargs": ARITH, "test_size": 300},
-        "schedule": {"steps": 80, "sft_frac": 0.5, "rl_steps": 2, "sft_steps": 1},
+        "schedule": {"steps": 48, "sft_frac": 0.5, "rl_steps": 2, "sft_steps": 1},
         "sft": {"batch_size": 64, "optim": {"lr": 2.0e-3, "warmup_steps": 0, "schedule": "constant"}},
         "rl": {"rollout": {"group_size": 8, "prompts_per_step": 8, "max_new_tokens": 56, "temperature": 1.0},
                "algo": {"mini_batches": 2}, "optim": {"lr": 1.0e-4}},
@@ -128,6 +129,34 @@ def _full() -> dict:
 
 
 STUDIES = {"default": lambda: copy.deepcopy(DEFAULT), "quick": _quick, "full": _full}
+
+
+def smoke(spec: dict) -> dict:
+    """Any study shrunk to a smoke test of its pipeline (`sftrl study FILE --smoke`): same model,
+    task, methods and sensitivity keys, but a 2-step warm start, 4 steps per run, 2 seeds, one value
+    per sensitivity key, a handful of problems and short completions. Its numbers mean nothing; it
+    shows the study runs end to end (e.g. a GPU-sized study on a CPU)."""
+    s = copy.deepcopy(spec)
+    s["name"] = f"{spec['name']}-smoke"
+    b = s["base"]
+    b.setdefault("schedule", {})["steps"] = 4
+    task = b.setdefault("task", {})
+    task.update(train_size=min(64, task.get("train_size") or 64), test_size=8)
+    sft = b.setdefault("sft", {})
+    sft["batch_size"] = 4
+    rl = b.setdefault("rl", {})
+    rl.setdefault("rollout", {}).update(group_size=2, prompts_per_step=2, max_new_tokens=32)
+    ev = b.setdefault("eval", {})
+    ev.update(k=min(2, ev.get("k", 0)), max_new_tokens=32, batch_size=8, every=0,
+              extra_tasks=[{**t, "test_size": 4} for t in ev.get("extra_tasks", [])])
+    b.setdefault("log", {})["samples_every"] = 2
+    w = s["warm"]
+    w["overrides"] = [o for o in w["overrides"] if not o.startswith("phases=")] + \
+        ["phases=[{kind: sft, steps: 2}]"]
+    s["seeds"] = 2
+    s["sensitivity"] = [{**blk, "seeds": 2, "params": {k: v[:1] for k, v in blk["params"].items()}}
+                        for blk in s.get("sensitivity") or []]
+    return s
 
 
 def load_study(name_or_path: str | None) -> dict:
