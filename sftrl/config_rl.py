@@ -23,10 +23,13 @@ class RolloutConfig(Frozen):
     max_new_tokens: int = Field(64, ge=1, description="Completions are cut here (see reward.truncated).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs and entropy use it too.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1 = off).")
-    engine: Literal["auto", "direct", "hf"] = Field(
+    engine: Literal["auto", "direct", "hf", "vllm"] = Field(
         "auto", description="Decode loop: 'direct' runs a Llama-style model's layers on a preallocated "
-        "KV cache, 'hf' calls model(...) each token, 'auto' = direct when the model supports it. Both "
-        "sample the same tokens from the same seed.")
+        "KV cache, 'hf' calls model(...) each token, 'auto' = direct when the model supports it (both "
+        "sample the same tokens from the same seed); 'vllm' = a colocated vLLM engine (CUDA, "
+        "pip install 'sftrl[vllm]'), weights pushed before every rollout.")
+    vllm_gpu_memory: float = Field(0.3, gt=0, lt=1, description="Fraction of GPU memory vLLM may take "
+                                   "(engine=vllm); the rest is the learner's.")
 
     @field_validator("group_size")
     @classmethod

@@ -74,9 +74,13 @@ def _draw(s, problems, rcfg) -> tuple:
     ro_cfg, hy = rcfg.rollout, rcfg.hybrid
     G = ro_cfg.group_size
     prompts = [s.prompt(p, s.cfg.task.template) for p in problems]
-    ro = rollout.sample(s.model, s.tokenizer, prompts, n=G - hy.offpolicy, max_new_tokens=ro_cfg.max_new_tokens,
-                        temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, gen=s.rngs.sample,
-                        engine=ro_cfg.engine)
+    if ro_cfg.engine == "vllm":
+        ro = s.vllm().sample(s.model, prompts, n=G - hy.offpolicy, max_new_tokens=ro_cfg.max_new_tokens,
+                             temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, greedy=False, gen=s.rngs.sample)
+    else:
+        ro = rollout.sample(s.model, s.tokenizer, prompts, n=G - hy.offpolicy, max_new_tokens=ro_cfg.max_new_tokens,
+                            temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, gen=s.rngs.sample,
+                            engine=ro_cfg.engine)
     off = torch.zeros(len(problems) * G, dtype=torch.bool)
     if hy.offpolicy:
         ro, off = hybrid.with_demos(ro, s.demos(problems), G, s.tokenizer.pad_token_id)

@@ -141,6 +141,10 @@ class Session:
         self.skipped, self.skipped_run = 0, 0      # non-finite updates skipped: total, in a row
         self.entropy_ctl = entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs)
         self.ref = None                 # frozen copy of the policy as it enters RL (KL reference)
+        self._vllm = None               # colocated vLLM engine (rl.rollout.engine=vllm), made on first use
+        if cfg.rl.rollout.engine == "vllm" and cfg.steps_of("rl"):
+            from sftrl.rollout_vllm import require_vllm
+            require_vllm()              # refused before any training, with what is missing
         self.needs_ref = cfg.rl.algo.kl.coef > 0 or cfg.rl.algo.kl.log
 
     def prompt(self, problem, template: str) -> str:
@@ -162,6 +166,13 @@ class Session:
         opt, sched = self.optimizers[kind]
         return clip_and_step(self.model, opt, sched, grad_clip, what=f"{kind} step {self.step + 1}",
                              nonfinite=self.cfg.guard.nonfinite)
+
+    def vllm(self):
+        if self._vllm is None:
+            from sftrl.rollout_vllm import VLLMSampler
+            self._vllm = VLLMSampler(self.model, self.tokenizer, gpu_memory_utilization=self.cfg.rl.rollout.vllm_gpu_memory,
+                                     seed=self.cfg.seed)
+        return self._vllm
 
     def precision(self):
         """Context of model.autocast: every forward of the run (training, reference, rollouts,

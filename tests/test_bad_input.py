@@ -8,6 +8,7 @@ found while loading data or the tokenizer are run into a fresh directory and che
 metrics, model or DONE were written.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -181,12 +182,18 @@ CASES = [
      ["no_config_model' has no config.json", "saved with save_pretrained"]),
     ("tokenizer_without_pad_or_eos", "base.yaml", ["model.name={d}/no_pad_no_eos"], "fresh",
      ["no_pad_no_eos' has no EOS token", "tokenizer.eos_token = ..."]),
+    ("vllm_engine_unavailable", "base.yaml", ["phases=[{kind: rl, steps: 1}]", "rl.rollout.engine=vllm"], "fresh",
+     ["rl.rollout.engine=vllm needs", "use engine=auto"]),
     ("out_is_a_finished_run", "base.yaml", [], "finished",
      ["already holds a finished run (DONE)", "choose another --out"]),
     ("out_not_writable", "base.yaml", [], "readonly", ["is not writable", "choose another with --out"]),
     ("out_below_a_file", "base.yaml", [], "below_file",
      ["a_file/run' is not writable (Not a directory)", "choose another with --out"]),
 ]
+
+
+if torch.cuda.is_available() and importlib.util.find_spec("vllm"):      # there it is not bad input
+    CASES = [c for c in CASES if c[0] != "vllm_engine_unavailable"]
 
 
 @pytest.mark.parametrize("config, overrides, where, expected", [c[1:] for c in CASES],

@@ -4,8 +4,10 @@ Owns: the train command line, starting a run (own process group, killed with the
 ERROR file of a failed run, the two pools (local processes, Ray tasks), the scheduling loop with
 retries and signal handling, the experiment-directory lock, and the progress display.
 Does not own what a sweep contains or which runs still need running (`sweep.py` decides).
-Never imports torch or the trainer: a run is only ever a subprocess, so a crash, a leak or a
-segfault in one run cannot touch the others.
+A run is always its own process, so a crash, a leak or a segfault in one run cannot touch the
+others. Locally a run is a fork of this process after it has imported the trainer once
+(`preload`), which saves each run the ~8 s of importing torch and transformers; the Ray pool (and
+`Launch(fork=False)`) starts a fresh `python -m sftrl.cli train` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
 import os
 import signal
 import subprocess
@@ -38,6 +41,7 @@ class Launch:
     resume: str | None = None  # how `sftrl train` resumes a run with checkpoints/: "flag" (pass
     #                            --resume), "auto" (it resumes by itself), None (it cannot: start over)
     tie_to_parent: bool = True  # Linux: the kernel kills a run when the process that started it dies
+    fork: bool = hasattr(os, "fork")   # local runs as forks of a process that preloaded the trainer
 
 
 def train_command(run, launch: Launch) -> list[str]:
@@ -86,9 +90,91 @@ def _tie_to_parent(parent: int):
     return tie
 
 
-def start(run, launch: Launch, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """Start one run in its own session (so stopping it stops everything it started)."""
+def preload() -> None:
+    """Import, in this process, everything a run imports (torch, transformers' Llama and auto
+    classes, the trainer), so forked runs start without importing anything. Only the import:
+    no torch computation runs here, so forks do not inherit a started thread pool."""
+    import sftrl.cli  # noqa: F401
+    import sftrl.train  # noqa: F401
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM,  # noqa: F401
+                              PreTrainedTokenizerFast)
+
+
+class Forked:
+    """A forked run, with the part of Popen's interface the pools use (pid, poll, returncode)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:             # reaped elsewhere: its DONE file tells
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _fork(run, launch: Launch, keep_fds: tuple[int, ...]) -> Forked:
+    """`sftrl train` for `run` in a fork of this process: own session, stdout/stderr to the run's
+    logs, default signal handlers, the run's threads and working directory; never returns here."""
+    argv = train_command(run, launch)[3:]                       # after `python -m sftrl.cli`
+    tie = _tie_to_parent(os.getpid()) if launch.tie_to_parent else None
+    out = os.open(run.path / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    err = os.open(run.path / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()                                          # nothing buffered is written twice
+    pid = os.fork()
+    if pid:
+        os.close(out)
+        os.close(err)
+        return Forked(pid)
+    code = 1
+    try:
+        os.setsid()
+        if tie is not None:
+            tie()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd, target in ((null, 0), (out, 1), (err, 2)):
+            os.dup2(fd, target)
+        for fd in keep_fds:                                     # what Popen(pass_fds=...) keeps
+            os.set_inheritable(fd, True)
+        os.chdir(launch.cwd)
+        os.environ.update({k: v for k, v in child_env(launch.threads).items() if k != "PYTHONPATH"})
+        # fresh streams on fds 1 and 2 (the parent's may be replaced objects, e.g. a test's capture),
+        # line-buffered as PYTHONUNBUFFERED would make them: a crash keeps the last line written
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                                       errors="backslashreplace", line_buffering=True)
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                                       errors="backslashreplace", line_buffering=True)
+        from sftrl.cli import main
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import atexit
+            atexit._run_exitfuncs()                            # e.g. stop the run's math-verify worker
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def start(run, launch: Launch, keep_fds: tuple[int, ...] = ()):
+    """Start one run in its own session (so stopping it stops everything it started): a fork
+    (`Forked`) when `launch.fork`, else a `python -m sftrl.cli train` subprocess (Popen)."""
     run.path.mkdir(parents=True, exist_ok=True)
+    if launch.fork:
+        return _fork(run, launch, keep_fds)
     with open(run.path / "stdout.log", "ab") as out, open(run.path / "stderr.log", "ab") as err:
         return subprocess.Popen(
             train_command(run, launch), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -153,7 +239,9 @@ class LocalPool:
 
     def __init__(self, launch: Launch, workers: int, keep_fds: tuple[int, ...] = ()):
         self.launch, self.workers, self.keep_fds = launch, workers, keep_fds
-        self.running: dict = {}           # run_id -> (run, Popen, start time)
+        self.running: dict = {}           # run_id -> (run, Popen or Forked, start time)
+        if launch.fork:
+            preload()
 
     def has_room(self) -> bool:
         return len(self.running) < self.workers

@@ -476,7 +476,8 @@ def run_sweep(sweep, out_dir=None, *, executor: str = "local", address: str | No
         atomic_write_json(exp / "sweep.json", manifest(sw, runs))
         todo = [r for r in runs if not (r.path / "DONE").exists()]
         resume = train_resume_mode(cwd) if any(executors.has_checkpoint(r.path) for r in todo) else None
-        launch = Launch(base=sw.base, cwd=str(cwd), threads=sw.threads_per_run, resume=resume)
+        launch = Launch(base=sw.base, cwd=str(cwd), threads=sw.threads_per_run, resume=resume,
+                        fork=executor != "ray" and hasattr(os, "fork"))
         if executor == "ray":
             pool, close = executors.ray_pool(launch, n_workers, address)
         else:
