@@ -145,7 +145,7 @@ def smoke(spec: dict) -> dict:
     sft = b.setdefault("sft", {})
     sft["batch_size"] = 4
     rl = b.setdefault("rl", {})
-    rl.setdefault("rollout", {}).update(group_size=2, prompts_per_step=2, max_new_tokens=32)
+    rl.setdefault("rollout", {}).update(group_size=3, prompts_per_step=2, max_new_tokens=32)   # LUFFY needs 3
     ev = b.setdefault("eval", {})
     ev.update(k=min(2, ev.get("k", 0)), max_new_tokens=32, batch_size=8, every=0,
               extra_tasks=[{**t, "test_size": 4} for t in ev.get("extra_tasks", [])])
