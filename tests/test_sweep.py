@@ -257,6 +257,8 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
     assert result.exit_code == 1
     by_id = {o.run.run_id: o for o in result.outcomes}
     assert by_id["grpo__s0"].status == "done"
+    argv = json.loads((tmp_path / "exp" / "runs" / "grpo__s0" / "provenance.json").read_text())["argv"]
+    assert argv[0].endswith("cli.py") and argv[1] == "train" and argv[-2] == "--out"   # the run's own command
     error = f"sftrl train: error: {data}:5: not valid JSON: Expecting value at column 1 (write one JSON object per line)"
     assert by_id["broken__s0"].status == "failed" and by_id["broken__s0"].attempts == 2
     assert by_id["broken__s0"].error == error

@@ -151,8 +151,9 @@ def _fork(run, launch: Launch, keep_fds: tuple[int, ...]) -> Forked:
                                                        errors="backslashreplace", line_buffering=True)
         sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                                        errors="backslashreplace", line_buffering=True)
-        from sftrl.cli import main
-        code = main(argv)
+        import sftrl.cli
+        sys.argv = [sftrl.cli.__file__, *argv]                 # as `python -m sftrl.cli ...` sees it
+        code = sftrl.cli.main(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
