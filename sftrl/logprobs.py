@@ -28,6 +28,11 @@ def _head(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bia
     return logp, ent
 
 
+def base_model(model):
+    """The transformers model under a peft wrapper (its LoRA layers stay in), else `model`."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)                          # [N, L]
 
@@ -41,7 +46,7 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
     T = L - completion_start
     pos = _positions(attention_mask)
     targets = input_ids[:, completion_start:]                                          # [N, T]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft: adapters stay in
+    base = base_model(model)
     decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
     if decoder is None or head is None:                     # other architectures: plain forward
         logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),

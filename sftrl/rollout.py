@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from sftrl.logprobs import base_model
+
 DIRECT_TYPES = ("llama", "qwen2")
 """`config.model_type`s whose decoder layers the direct loop runs (pre-norm attention + MLP, RoPE)."""
 DIRECT_ROPE = ("default", "linear", "llama3")
@@ -122,7 +124,7 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
 def _cache_keyword(model) -> str:
     """The name under which this transformers version passes and returns the KV cache
     (`cache` from 5.24, `past_key_values` before)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
@@ -150,10 +152,7 @@ def _decode_hf(model, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         tok = pick(logits)
-        tokens[rows, t] = tok
-        lengths[rows] = t + 1
-        done = tok == eos_id                                                    # [n_live]
-        finished[rows[done]] = True
+        done = _record(tokens, lengths, finished, rows, tok, t, eos_id)         # [n_live]
         if t == max_new_tokens - 1 or bool(done.all()):
             break
         if bool(done.any()):                                                    # drop finished rows
@@ -172,7 +171,7 @@ def _decode_hf(model, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_
 # -- the direct loop: the model's own layers on a cache allocated once --------------------------
 def _direct_parts(model):
     """(decoder, lm_head) of a Llama-style causal LM the direct loop reproduces, else None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft: adapters stay in
+    base = base_model(model)                                                     # peft: adapters stay in
     cfg, decoder, head = getattr(base, "config", None), getattr(base, "model", None), getattr(base, "lm_head", None)
     if cfg is None or decoder is None or head is None or getattr(cfg, "model_type", None) not in DIRECT_TYPES:
         return None
@@ -291,11 +290,7 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
     feed = torch.full((N,), pad_id, dtype=torch.long, device=device)            # [n_b]
     for t in range(max_new_tokens):
         tok = pick(logits if live is None else logits[live])                    # [n_live]
-        out_rows = rows if live is None else rows[live]
-        tokens[out_rows, t] = tok
-        lengths[out_rows] = t + 1
-        done = tok == eos_id                                                    # [n_live]
-        finished[out_rows[done]] = True
+        done = _record(tokens, lengths, finished, rows if live is None else rows[live], tok, t, eos_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
         if live is None:
@@ -319,6 +314,15 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
         logits = head(decoder.norm(h))[:, 0]                                    # [n_b, V]
         next_pos = next_pos + 1
     return tokens, lengths, finished
+
+
+def _record(tokens, lengths, finished, out_rows, tok, t: int, eos_id: int) -> torch.Tensor:
+    """Write step t's tokens of output rows `out_rows` [n]; returns which of them ended (EOS) [n]."""
+    tokens[out_rows, t] = tok
+    lengths[out_rows] = t + 1
+    done = tok == eos_id
+    finished[out_rows[done]] = True
+    return done
 
 
 def _keep(cache: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
