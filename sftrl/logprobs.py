@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from sftrl import decoder as direct
+from sftrl.decoder import base_model  # noqa: F401  (re-exported)
+
 CHUNK_ELEMENTS = 2 ** 24
 """Rows per chunk are chosen so one chunk's logits hold about this many floats (64 MiB fp32)."""
 
@@ -26,11 +29,6 @@ def _head(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bia
     probs = torch.softmax(logits, -1)                                                  # [n, T, V]
     ent = logz - (probs * logits).sum(-1)                                              # [n, T]
     return logp, ent
-
-
-def base_model(model):
-    """The transformers model under a peft wrapper (its LoRA layers stay in), else `model`."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,8 +53,12 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
         ent = logz - (torch.softmax(logits, -1) * logits).sum(-1)
         return logp, ent
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
-                     position_ids=pos).last_hidden_state[:, completion_start - 1:-1]   # [N, T, H]
+    dec_parts = direct.training_parts(model)
+    if dec_parts is not None:                               # Llama-style: each distinct prompt once
+        hidden = direct.completion_hidden(dec_parts, input_ids, attention_mask, completion_start)  # [N, T, H]
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
+                         position_ids=pos).last_hidden_state[:, completion_start - 1:-1]   # [N, T, H]
     V = head.weight.shape[0]
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(1, T * V))
     logps, ents = [], []

@@ -21,15 +21,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
-from sftrl.logprobs import base_model
+from sftrl import decoder as direct
+from sftrl.decoder import base_model
 
-DIRECT_TYPES = ("llama", "qwen2")
-"""`config.model_type`s whose decoder layers the direct loop runs (pre-norm attention + MLP, RoPE)."""
-DIRECT_ROPE = ("default", "linear", "llama3")
-"""RoPE variants whose angle at a position does not depend on the sequence length."""
 ENGINES = ("auto", "direct", "hf")
 COMPACT_FRACTION = 0.125
 """Finished rows stay in the batch until they are this fraction of it; then the batch is compacted."""
@@ -90,9 +86,9 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
     "hf" calls `model(...)` each step, "auto" picks "direct" when the model supports it."""
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; use one of {', '.join(ENGINES)}")
-    parts = _direct_parts(model)
+    parts = direct.parts(model)
     if engine == "direct" and parts is None:
-        raise ValueError(f"rollout engine 'direct' needs a Llama-style model ({', '.join(DIRECT_TYPES)}); "
+        raise ValueError(f"rollout engine 'direct' needs a Llama-style model ({', '.join(direct.DIRECT_TYPES)}); "
                          f"use engine='hf' or 'auto' for {type(model).__name__}")
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -169,78 +165,6 @@ def _decode_hf(model, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_
 
 
 # -- the direct loop: the model's own layers on a cache allocated once --------------------------
-def _direct_parts(model):
-    """(decoder, lm_head) of a Llama-style causal LM the direct loop reproduces, else None."""
-    base = base_model(model)                                                     # peft: adapters stay in
-    cfg, decoder, head = getattr(base, "config", None), getattr(base, "model", None), getattr(base, "lm_head", None)
-    if cfg is None or decoder is None or head is None or getattr(cfg, "model_type", None) not in DIRECT_TYPES:
-        return None
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in DIRECT_ROPE:
-        return None
-    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
-    if not all(hasattr(decoder, a) for a in needed):
-        return None
-    for layer in decoder.layers:
-        a = getattr(layer, "self_attn", None)
-        if a is None or getattr(a, "sliding_window", None) or hasattr(a, "q_norm") or \
-                not all(hasattr(a, x) for x in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")):
-            return None
-    return decoder, head
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as Llama applies it: x * cos + rotate_half(x) * sin."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
-
-
-def _fused(layer):
-    """(q|k|v weight, bias, split sizes, gate|up weight, bias) of a layer whose projections are plain
-    `nn.Linear`s, so a decode step runs two matmuls where it would run five; None otherwise
-    (LoRA-wrapped projections, other MLPs): the layer's modules are then called one by one."""
-    a, mlp = layer.self_attn, getattr(layer, "mlp", None)
-    lin = torch.nn.Linear
-    if type(a.q_proj) is not lin or type(a.k_proj) is not lin or type(a.v_proj) is not lin or \
-            not all(type(getattr(mlp, x, None)) is lin for x in ("gate_proj", "up_proj")) or \
-            not hasattr(mlp, "act_fn") or not hasattr(mlp, "down_proj"):
-        return None
-    qkv = (a.q_proj, a.k_proj, a.v_proj)
-    if len({m.bias is None for m in qkv}) > 1 or (mlp.gate_proj.bias is None) != (mlp.up_proj.bias is None):
-        return None
-    cat_bias = (lambda ms: None if ms[0].bias is None else torch.cat([m.bias for m in ms]))
-    return (torch.cat([m.weight for m in qkv]), cat_bias(qkv), [m.out_features for m in qkv],
-            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), cat_bias((mlp.gate_proj, mlp.up_proj)))
-
-
-def _layer(layer, fused, h, cos, sin, k_cache, v_cache, col: int, mask):
-    """One pre-norm decoder layer on h [n, q, D] at cache columns col..col+q-1: writes the new keys
-    and values into k_cache/v_cache [n, KV, C, hd] and attends over columns :col+q under mask
-    [n, 1, q, col+q] (True = attend). `fused` is `_fused(layer)`."""
-    a, mlp = layer.self_attn, layer.mlp
-    n, q, _ = h.shape
-    x = layer.input_layernorm(h)
-    if fused is None:
-        qs, ks, vs = a.q_proj(x), a.k_proj(x), a.v_proj(x)
-    else:
-        qs, ks, vs = F.linear(x, fused[0], fused[1]).split(fused[2], -1)
-    qs = qs.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, H, q, hd]
-    ks = ks.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, KV, q, hd]
-    vs = vs.view(n, q, -1, a.head_dim).transpose(1, 2)                          # [n, KV, q, hd]
-    k_cache[:, :, col:col + q] = _rotate(ks, cos, sin)
-    v_cache[:, :, col:col + q] = vs
-    end = col + q
-    o = F.scaled_dot_product_attention(_rotate(qs, cos, sin), k_cache[:, :, :end], v_cache[:, :, :end],
-                                       attn_mask=mask, scale=a.scaling,
-                                       enable_gqa=qs.shape[1] != ks.shape[1])   # [n, H, q, hd]
-    h = h + a.o_proj(o.transpose(1, 2).reshape(n, q, -1))
-    x = layer.post_attention_layernorm(h)
-    if fused is None:
-        return h + mlp(x)
-    gate, up = F.linear(x, fused[3], fused[4]).chunk(2, -1)
-    return h + mlp.down_proj(mlp.act_fn(gate) * up)
-
-
 def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, pad_id: int, eos_id: int, pick):
     """(tokens [N, max_new], lengths [N], finished [N]) from the decoder's layers on a cache of
     Lp + max_new_tokens columns, allocated once. Finished rows are computed on (and ignored) until
@@ -250,33 +174,26 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
     P, Lp = prompt_ids.shape
     N, C = P * n, Lp + max_new_tokens
     layers = list(decoder.layers)
-    fused = [_fused(layer) for layer in layers]
-    a0 = layers[0].self_attn
-    kv_heads = a0.k_proj.out_features // a0.head_dim if hasattr(a0.k_proj, "out_features") else \
-        decoder.config.num_key_value_heads
+    fused = [direct.fused(layer) for layer in layers]
+    kv_heads = direct.kv_heads(decoder)
     h = decoder.embed_tokens(prompt_ids)                                        # [P, Lp, D]
-    cos, sin = decoder.rotary_emb(h, torch.arange(C, device=device)[None])      # [1, C, hd] each
-    cos, sin = cos[0], sin[0]                                                   # [C, hd]
+    table = direct.Rope.table(decoder, C, h)                                    # angles at 0..C-1
 
     # -- prefill the P prompts, then repeat their keys/values into the N-row cache ---------
     valid = prompt_mask > 0                                                     # [P, Lp]
     pos = (prompt_mask.cumsum(1) - 1).clamp(min=0).long()                       # [P, Lp]
-    causal = torch.ones(Lp, Lp, dtype=torch.bool, device=device).tril()
-    # a left-pad query attends to itself too, so its (unused) output stays finite
-    mask = (causal[None] & valid[:, None, :]) | torch.eye(Lp, dtype=torch.bool, device=device)[None]
-    mask = mask[:, None]                                                        # [P, 1, Lp, Lp]
-    c_p, s_p = cos[pos][:, None], sin[pos][:, None]                             # [P, 1, Lp, hd]
+    mask = direct.prompt_mask_4d(valid)                                         # [P, 1, Lp, Lp]
     caches = []
     for layer, f in zip(layers, fused):
         kc = h.new_empty(P, kv_heads, Lp, layer.self_attn.head_dim)
         vc = torch.empty_like(kc)
-        h = _layer(layer, f, h, c_p, s_p, kc, vc, 0, mask)
+        h = direct.layer(layer, f, h, table.at(pos), kc, vc, 0, mask)
         big_k = h.new_empty(N, kv_heads, C, layer.self_attn.head_dim)
         big_v = torch.empty_like(big_k)
         big_k[:, :, :Lp] = kc.repeat_interleave(n, 0)
         big_v[:, :, :Lp] = vc.repeat_interleave(n, 0)
         caches.append((big_k, big_v))
-    logits = head(decoder.norm(h[:, -1:]))[:, 0].repeat_interleave(n, 0)      # [N, V]
+    logits = head(direct.norm(decoder.norm, h[:, -1:]))[:, 0].repeat_interleave(n, 0)      # [N, V]
 
     # -- decode: batch row i is output row rows[i]; `live` indexes the unfinished batch rows --
     attend = torch.zeros(N, C, dtype=torch.bool, device=device)                 # [n_b, C]
@@ -307,11 +224,11 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
         col = Lp + t
         attend[:, col] = True
         h = decoder.embed_tokens(feed)[:, None]                                 # [n_b, 1, D]
-        c_t, s_t = cos[next_pos][:, None, None], sin[next_pos][:, None, None]   # [n_b, 1, 1, hd]
+        rope = table.at(next_pos[:, None])                                      # angles at [n_b, 1]
         mask = attend[:, None, None, :col + 1]                                  # [n_b, 1, 1, col+1]
         for layer, f, (kc, vc) in zip(layers, fused, caches):
-            h = _layer(layer, f, h, c_t, s_t, kc, vc, col, mask)
-        logits = head(decoder.norm(h))[:, 0]                                    # [n_b, V]
+            h = direct.layer(layer, f, h, rope, kc, vc, col, mask)
+        logits = head(direct.norm(decoder.norm, h))[:, 0]                                    # [n_b, V]
         next_pos = next_pos + 1
     return tokens, lengths, finished
 

@@ -23,8 +23,8 @@ LORA = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", 
 
 def _logp(model, s):
     ro = s.last_groups.ro
-    with torch.no_grad():
-        return logprobs.token_logp(model, ro.input_ids, ro.attention_mask, ro.prompt_ids.shape[1])
+    with torch.no_grad():                   # scored tokens only (padding is never scored)
+        return logprobs.token_logp(model, ro.input_ids, ro.attention_mask, ro.prompt_ids.shape[1])[ro.completion_mask > 0]
 
 
 def test_lora_trains_adapters_only_and_the_reference_is_the_base(tmp_path):

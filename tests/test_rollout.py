@@ -2,7 +2,7 @@
 
 import torch
 
-from sftrl import rollout
+from sftrl import decoder, rollout
 from sftrl.config import TinyModelConfig
 from sftrl.models import build_char_tokenizer, tiny_model
 
@@ -106,7 +106,7 @@ def test_direct_engine_equals_the_model_call_loop():
     the `model(...)` loop samples: same distributions, same draws from the generator."""
     model, tok = setup()
     _eos_biased(model, tok)
-    assert rollout._direct_parts(model) is not None
+    assert decoder.parts(model) is not None
     prompts = ["1+2=", "12*13-4=", "7=", "3*3*3*3-1="]
     for kw in ({"greedy": True}, {"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.9}):
         a = rollout.sample(model, tok, prompts, n=5, max_new_tokens=20, gen=torch.Generator().manual_seed(3),
@@ -139,7 +139,7 @@ def test_direct_engine_handles_gqa_biases_and_lora():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     for model in (qwen, lora):
-        assert rollout._direct_parts(model) is not None
+        assert decoder.parts(model) is not None
         a = rollout.sample(model, tok, ["1+2=", "45-6="], n=3, max_new_tokens=12,
                            gen=torch.Generator().manual_seed(1), engine="hf")
         b = rollout.sample(model, tok, ["1+2=", "45-6="], n=3, max_new_tokens=12,
