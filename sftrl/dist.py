@@ -106,6 +106,15 @@ def sum_scalars(values: dict, keys) -> dict:
     return {**values, **dict(zip(names, t.tolist()))}
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on some rank (the same answer on all ranks)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t)
+
+
 def gather_objects(items: list) -> list:
     """Concatenation of every rank's list, in rank order (the same on all ranks)."""
     if world()[1] == 1:
