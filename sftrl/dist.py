@@ -42,6 +42,13 @@ def init_from_env(device: torch.device) -> None:
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+def launcher_overrides(env: dict) -> list[str]:
+    """Config overrides the launcher asks for: `accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true)
+    means dist.strategy=fsdp. Accelerate's other FSDP_* settings are not read: sharding here is
+    always one group per decoder layer plus the root (`sftrl.sharding`)."""
+    return ["dist.strategy=fsdp"] if env.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1") else []
+
+
 def shard(items: list) -> list:
     """This rank's contiguous block of `items` (blocks differ by at most one item)."""
     rank, size = world()
