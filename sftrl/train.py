@@ -375,7 +375,9 @@ def state_of(s: Session) -> dict:
             "optimizers": {k: {"opt": sharding.optimizer_state(s.model, o), "sched": sch.state_dict()}
                            for k, (o, sch) in s.optimizers.items()},
             "rngs": {"sample": s.rngs.sample.get_state(), "eval": s.rngs.eval.get_state(),
-                     "torch": torch.get_rng_state()},
+                     "torch": torch.get_rng_state(),
+                     # each process samples its own completions: every rank's streams, in rank order
+                     "by_rank": dist.gather_objects([(s.rngs.sample.get_state(), torch.get_rng_state())])},
             "stream": s.stream.state(), "expert_stream": s.expert_stream.state(),
             "entropy": entropy.controller_state(s.entropy_ctl), "buffer": s.buffer.state(),
             "skipped": (s.skipped, s.skipped_run)}
@@ -392,9 +394,13 @@ def restore(s: Session, state: dict) -> None:
     elif is_lora(s.model) and s.kind_steps.get("rl"):
         s.ref = AdaptersOff(s.model)
     s.pending_optim = dict(state["optimizers"])
-    s.rngs.sample.set_state(state["rngs"]["sample"])
+    rank, size = dist.world()
+    by_rank = state["rngs"].get("by_rank")             # absent in checkpoints of older versions
+    sample, torch_rng = by_rank[rank] if by_rank and len(by_rank) == size else \
+        (state["rngs"]["sample"], state["rngs"]["torch"])
+    s.rngs.sample.set_state(sample)
     s.rngs.eval.set_state(state["rngs"]["eval"])
-    torch.set_rng_state(state["rngs"]["torch"])
+    torch.set_rng_state(torch_rng)
     s.stream.load_state(state["stream"])
     s.expert_stream.load_state(state["expert_stream"])
     s.entropy_ctl = entropy.controller_from_state(state["entropy"])
