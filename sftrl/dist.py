@@ -8,7 +8,8 @@ multi-process step compute exactly the single-process objective on the same glob
   number of processes; group advantages over the global reward matrix likewise;
 - gradients are summed across ranks before clipping (`sum_gradients`), so every rank applies
   the same update to the same weights (replicated data parallelism; the optimiser state stays
-  replicated too).
+  replicated too). With dist.strategy=fsdp the weights, gradients and optimiser state are sharded
+  instead, and the gradient sum happens in backward (`sftrl.sharding`).
 With one process every function here is the identity, so single-process runs are unchanged.
 """
 
