@@ -62,7 +62,8 @@ def cmd_train(a) -> int:
     path, overrides = _split_args(a.args)
     if path is None:
         raise ValueError("sftrl train needs a config file first, e.g. sftrl train configs/sft_arith.yaml")
-    cfg = load_config(path, overrides)
+    from sftrl.dist import launcher_overrides
+    cfg = load_config(path, [*overrides, *launcher_overrides(os.environ)])
     out = Path(a.out) if a.out else default_out(cfg.name, cfg.seed)
     if (out / "DONE").exists():
         raise ValueError(f"{out} already holds a finished run (DONE); choose another --out")

@@ -223,6 +223,15 @@ class GuardConfig(Frozen):
     max_skips: int = Field(10, ge=0, description="With skip: stop after this many skipped updates in a row.")
 
 
+class DistConfig(Frozen):
+    strategy: Literal["replicate", "fsdp"] = Field(
+        "replicate", description="Several processes (torchrun / accelerate launch): 'replicate' keeps a full "
+        "copy of weights and AdamW state on every rank and sums gradients (DDP-like); 'fsdp' shards them "
+        "over the ranks with FSDP2 (one group per decoder layer, Llama/Qwen2-style models) and gathers the "
+        "full weights for rollouts and evaluation. Both compute the same update. One process: ignored. "
+        "accelerate launch --use_fsdp sets 'fsdp'.")
+
+
 class Config(Frozen):
     name: str = Field("run", description="Run name; default output is runs/<name>/<run_id>.")
     seed: int = Field(0, description="Run seed: initialisation, data order and sampling derive from it.")
@@ -244,6 +253,7 @@ class Config(Frozen):
     log: LogConfig = Field(default_factory=LogConfig, description="Logging settings.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints for exact resume.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="What a non-finite loss or gradient does.")
+    dist: DistConfig = Field(default_factory=DistConfig, description="How several processes share the model.")
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +286,16 @@ class Config(Frozen):
     def _device_form(cls, v):
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):  # whether CUDA exists is checked at train time
             raise ValueError(f"unknown device {v!r}; use cpu, cuda, cuda:N or auto")
+        return v
+
+    @field_validator("dist")
+    @classmethod
+    def _fsdp_supported(cls, v, info):
+        rl = info.data.get("rl")                    # a bad rl section has already been reported
+        if v.strategy == "fsdp" and rl is not None and rl.rollout.engine == "vllm":
+            raise ValueError("strategy=fsdp cannot use rl.rollout.engine=vllm (the vLLM engine takes the "
+                             "full weights from one process); use rl.rollout.engine=auto, or "
+                             "dist.strategy=replicate")
         return v
 
     @property

@@ -8,7 +8,8 @@ multi-process step compute exactly the single-process objective on the same glob
   number of processes; group advantages over the global reward matrix likewise;
 - gradients are summed across ranks before clipping (`sum_gradients`), so every rank applies
   the same update to the same weights (replicated data parallelism; the optimiser state stays
-  replicated too).
+  replicated too). With dist.strategy=fsdp the weights, gradients and optimiser state are sharded
+  instead, and the gradient sum happens in backward (`sftrl.sharding`).
 With one process every function here is the identity, so single-process runs are unchanged.
 """
 
@@ -40,6 +41,13 @@ def init_from_env(device: torch.device) -> None:
     """Join the process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and tdist.is_available() and not tdist.is_initialized():
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def launcher_overrides(env: dict) -> list[str]:
+    """Config overrides the launcher asks for: `accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true)
+    means dist.strategy=fsdp. Accelerate's other FSDP_* settings are not read: sharding here is
+    always one group per decoder layer plus the root (`sftrl.sharding`)."""
+    return ["dist.strategy=fsdp"] if env.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1") else []
 
 
 def shard(items: list) -> list:
@@ -104,6 +112,15 @@ def sum_scalars(values: dict, keys) -> dict:
     t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return {**values, **dict(zip(names, t.tolist()))}
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on some rank (the same answer on all ranks)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t)
 
 
 def gather_objects(items: list) -> list:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from sftrl import decoder as direct
+from sftrl import sharding
 from sftrl.decoder import base_model  # noqa: F401  (re-exported)
 
 CHUNK_ELEMENTS = 2 ** 24
@@ -35,6 +36,16 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)                          # [N, L]
 
 
+def _last_hidden(model, decoder, input_ids, attention_mask, pos) -> torch.Tensor:
+    """Hidden states after the final norm [N, L, H]. A sharded model is called through its root,
+    whose hooks gather the weights (`sftrl.sharding`); its own lm head then scores one position."""
+    if sharding.is_sharded(model):
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos,
+                    logits_to_keep=1, output_hidden_states=True)
+        return out.hidden_states[-1]            # transformers ties it to last_hidden_state
+    return decoder(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos).last_hidden_state
+
+
 def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            completion_start: int, *, temperature: float = 1.0,
                            with_entropy: bool = True, chunk_rows: int | None = None):
@@ -53,12 +64,13 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
         ent = logz - (torch.softmax(logits, -1) * logits).sum(-1)
         return logp, ent
-    dec_parts = direct.training_parts(model)
-    if dec_parts is not None:                               # Llama-style: each distinct prompt once
+    # sharded models go through their root, whose hooks gather the weights; Llama-style ones
+    # otherwise run layer by layer with each distinct prompt once
+    dec_parts = None if sharding.is_sharded(model) else direct.training_parts(model)
+    if dec_parts is not None:
         hidden = direct.completion_hidden(dec_parts, input_ids, attention_mask, completion_start)  # [N, T, H]
     else:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
-                         position_ids=pos).last_hidden_state[:, completion_start - 1:-1]   # [N, T, H]
+        hidden = _last_hidden(model, decoder, input_ids, attention_mask, pos)[:, completion_start - 1:-1]   # [N, T, H]
     V = head.weight.shape[0]
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(1, T * V))
     logps, ents = [], []

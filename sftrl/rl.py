@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from sftrl import algos, dist, entropy, hybrid, logprobs, rollout
+from sftrl import algos, dist, entropy, hybrid, logprobs, rollout, sharding
 from sftrl.registry import bind
 from sftrl.rewards import Scored, score_rollout
 
@@ -141,7 +141,8 @@ def rl_step(s) -> dict:
 
     # -- 1-2. rollout and reward: r[P, G] for advantages, acc[P, G] for filters and routing ----
     # -- 3. routing: demonstrations of routed problems (or an expert stream) become SFT rows ----
-    g = _sample_groups(s, dist.shard(s.stream.next(cfg.rollout.prompts_per_step)), cfg)   # this rank's block
+    with sharding.full_weights(s.model):        # sharded: gathered once, so ranks may decode different lengths
+        g = _sample_groups(s, dist.shard(s.stream.next(cfg.rollout.prompts_per_step)), cfg)   # this rank's block
     if hy.execution == "buffer":
         s.buffer.push(dist.gather_objects(g.routed))       # every rank holds the same buffer
         sft_problems = []
@@ -201,7 +202,10 @@ def rl_step(s) -> dict:
     for mb_rl, mb_sft in mini:
         w_pg = dist.global_weights(algo.weighting, mask[mb_rl])                 # [n, T] global normalisers
         w_tok = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask[mb_rl])   # [n, T]
-        for local in _micro_rows(ro.lengths[mb_rl], cfg.micro_batch_size):
+        for local in sharding.matched(s.model, _micro_rows(ro.lengths[mb_rl], cfg.micro_batch_size)):
+            if local is None:                   # sharded: another rank has more micro-batches
+                sharding.idle_pass(s.model)
+                continue
             rows = mb_rl[local]
             w_p, w_t, on = w_pg[local], w_tok[local], ~off[rows, None]
             logp, ent = _forward(s.model, ids, attn, Lp, rows, temp)                   # [n, T]
@@ -226,10 +230,13 @@ def rl_step(s) -> dict:
             totals["policy/entropy"] += bonus.item() / n_mb
             for name, ind in _clip_indicators(logp.detach(), old, a, cfg.algo).items():
                 totals[f"policy/clip_{name}"] += (ind * on * w_t).sum().item() / n_mb
-        if len(mb_sft):       # joint SFT term: its own token-mean normaliser, weight lambda(t)
+        if dist.any_rank(len(mb_sft) > 0):   # joint SFT term: its own token-mean normaliser, weight lambda(t)
             g_rl = _grad_snapshot(s.model)
             w_sft = dist.global_weights(algos.WEIGHTINGS["token_mean"], sft_mask[mb_sft])   # [m, T]
-            for local in _micro_rows(ro.lengths[mb_sft], cfg.micro_batch_size):
+            for local in sharding.matched(s.model, _micro_rows(ro.lengths[mb_sft], cfg.micro_batch_size)):
+                if local is None:
+                    sharding.idle_pass(s.model)
+                    continue
                 rows = mb_sft[local]
                 logp, ent = _forward(s.model, ids, attn, Lp, rows, 1.0)                 # [m, T]
                 weight = algo.sft_weight(t_rl, _seq_mean(ent, sft_mask[rows]))          # [m, 1]
@@ -326,7 +333,10 @@ def _forward_rows(model, ids, attn, Lp: int, lengths, chunk: int, temperature: f
     logp = torch.zeros(ids.shape[0], ids.shape[1] - Lp, device=ids.device)
     ent = torch.zeros_like(logp)
     rows = torch.arange(ids.shape[0]) if rows is None else rows
-    for local in _micro_rows(lengths[rows], chunk):
+    for local in sharding.matched(model, _micro_rows(lengths[rows], chunk)):
+        if local is None:                       # sharded: another rank has more chunks
+            sharding.idle_pass(model)
+            continue
         sel = rows[local]
         logp[sel], ent[sel] = _forward(model, ids, attn, Lp, sel, temperature, entropy)
     return logp, ent

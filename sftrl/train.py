@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sftrl import algos, checkpoints, dist, entropy, logprobs, verify
+from sftrl import algos, checkpoints, dist, entropy, logprobs, sharding, verify
 from sftrl.batches import ProblemStream, demo_batch
 from sftrl.config import Config, to_yaml
 from sftrl.evaluate import evaluate
@@ -70,7 +70,10 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
     w = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask)               # [B, T] over all ranks
     ids, attn, Lp = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
     total = ent_total = 0.0
-    for rows in micro_slices(ids.shape[0], micro_batch_size):
+    for rows in sharding.matched(model, micro_slices(ids.shape[0], micro_batch_size)):
+        if rows is None:                        # a sharded model: another rank has more micro-batches
+            sharding.idle_pass(model)
+            continue
         if entropy_coef:
             logp, ent = logprobs.token_logp_and_entropy(model, ids[rows], attn[rows], Lp)   # [b, T]
             bonus = (ent * w[rows]).sum()
@@ -94,10 +97,11 @@ def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str, nonf
     """Clip the global gradient norm, step optimiser and schedule. A non-finite norm (NaN/inf
     loss or gradient) stops the run, or with nonfinite="skip" drops this update (the schedule
     still advances) and returns NaN."""
-    dist.sum_gradients(model)                             # several processes: the global gradient
+    if not sharding.is_sharded(model):                    # sharded: backward has summed them already
+        dist.sum_gradients(model)                         # several processes: the global gradient
     params = [p for p in model.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-    if not torch.isfinite(norm):
+    norm = sharding.global_norm(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf")))
+    if not math.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         if nonfinite == "skip":
             sched.step()
@@ -108,7 +112,7 @@ def clip_and_step(model, opt, sched, grad_clip: float | None, *, what: str, nonf
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 class Session:
@@ -126,6 +130,8 @@ class Session:
         self.eval_sets = [(cfg.task, load_problems(cfg.task, "test", cfg.eval.n))] + \
             [(t, load_problems(t, "test", cfg.eval.n)) for t in cfg.eval.extra_tasks]
         self.model, self.tokenizer = load_policy(cfg.model, seed=self.rngs.init_seed, device=self.device)
+        if cfg.dist.strategy == "fsdp":
+            self.model = sharding.shard_model(self.model)      # one process: unchanged
         self.stream = ProblemStream(self.train_problems, self.rngs.data)
         self.optimizers: dict[str, tuple] = {}
         self.step = 0
@@ -158,9 +164,26 @@ class Session:
             if kind in self.pending_optim:              # resuming: the saved moments and schedule
                 opt, sched = self.optimizers[kind]
                 saved = self.pending_optim.pop(kind)
-                opt.load_state_dict(saved["opt"])
+                sharding.load_optimizer_state(self.model, opt, saved["opt"])
                 sched.load_state_dict(saved["sched"])
         return self.optimizers[kind]
+
+    def fresh_policy(self, device=None):
+        """A new, unsharded policy built from the config (weights to be loaded by the caller)."""
+        return load_policy(self.cfg.model, seed=self.rngs.init_seed, device=device or self.device)[0]
+
+    def save_model(self, directory) -> None:
+        """The policy as a loadable model folder (rank 0 writes; every rank must call: a sharded
+        policy is gathered into an unsharded copy first)."""
+        model = self.model
+        if sharding.is_sharded(model):
+            state = sharding.full_state_dict(model)
+            if not self.run.writes:
+                return
+            model = self.fresh_policy(torch.device("cpu"))
+            model.load_state_dict(state)
+        if self.run.writes:
+            save_policy(model, self.tokenizer, directory)
 
     def clip_and_step(self, kind: str, grad_clip: float | None) -> float:
         opt, sched = self.optimizers[kind]
@@ -181,7 +204,7 @@ class Session:
 
     def run_rl_step(self) -> dict:
         if self.needs_ref and self.ref is None:
-            self.ref = frozen_reference(self.model)
+            self.ref = frozen_reference(self.model, self.fresh_policy)
         with self.precision():
             return rl_step(self)
 
@@ -222,6 +245,15 @@ class Session:
         return {**out, "optim/lr": lr}
 
     def evaluate_all(self) -> tuple[dict, list[dict]]:
+        """Metrics and records of every evaluation task, on the process that writes the run; the
+        others return ({}, []). Every process must call it: a sharded policy is gathered first."""
+        metrics, records = {}, []
+        with sharding.full_weights(self.model):
+            if self.run.writes:
+                metrics, records = self._evaluate_tasks()
+        return metrics, records
+
+    def _evaluate_tasks(self) -> tuple[dict, list[dict]]:
         metrics, records = {}, []
         for task, problems in self.eval_sets:
             prompts = [self.prompt(p, task.template) for p in problems]
@@ -291,22 +323,24 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
             if kind == "rl" and cfg.log.samples_every and s.kind_steps["rl"] % cfg.log.samples_every == 0:
                 for record in rollout_records(s.last_groups, cfg.log.samples_n):
                     run.log("samples.jsonl", {"step": s.step, "kind": "rollout", **record})
-            if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps and run.writes:
-                ev, records = s.evaluate_all()
+            if cfg.eval.every and s.step % cfg.eval.every == 0 and s.step < cfg.total_steps:
+                ev, records = s.evaluate_all()                # ({}, []) on the processes that do not write
                 run.log("eval.jsonl", {"step": s.step, **ev})
                 for r in records:
                     run.log("samples.jsonl", {"step": s.step, "kind": "eval", **r})
                 metrics.update(ev)
-            if cfg.checkpoint.every and s.step % cfg.checkpoint.every == 0 and s.step < cfg.total_steps and run.writes:
-                checkpoints.save(run.path, s.step, state_of(s), keep=cfg.checkpoint.keep)
+            if cfg.checkpoint.every and s.step % cfg.checkpoint.every == 0 and s.step < cfg.total_steps:
+                state = state_of(s)                           # every process: sharded state is gathered
+                if run.writes:
+                    checkpoints.save(run.path, s.step, state, keep=cfg.checkpoint.keep)
             progress.update(s.step, metrics)
+    final, records = s.evaluate_all()
+    s.save_model(run.file("model"))
     if not run.writes:                                    # other processes: training only
         return {}
-    final, records = s.evaluate_all()
     run.log("eval.jsonl", {"step": s.step, **final})
     for r in records:
         run.log("samples.jsonl", {"step": s.step, "kind": "eval", **r})
-    save_policy(s.model, s.tokenizer, run.file("model"))
     final = {"step": s.step, "wall_time_s": time.perf_counter() - t_start,
              "peak_rss_mb": peak_rss_mb(), **final}
     if cfg.guard.nonfinite == "skip":
@@ -336,29 +370,37 @@ def state_of(s: Session) -> dict:
     """Everything an exact resume needs: weights, optimisers and schedules, every RNG stream,
     data positions, controllers, the SFT buffer and step counters."""
     return {"step": s.step, "kind_steps": dict(s.kind_steps),
-            "model": s.model.state_dict(), "ref": s.ref.state_dict() if isinstance(s.ref, torch.nn.Module) else None,
-            "optimizers": {k: {"opt": o.state_dict(), "sched": sch.state_dict()}
+            "model": sharding.full_state_dict(s.model),
+            "ref": sharding.full_state_dict(s.ref) if isinstance(s.ref, torch.nn.Module) else None,
+            "optimizers": {k: {"opt": sharding.optimizer_state(s.model, o), "sched": sch.state_dict()}
                            for k, (o, sch) in s.optimizers.items()},
             "rngs": {"sample": s.rngs.sample.get_state(), "eval": s.rngs.eval.get_state(),
-                     "torch": torch.get_rng_state()},
+                     "torch": torch.get_rng_state(),
+                     # each process samples its own completions: every rank's streams, in rank order
+                     "by_rank": dist.gather_objects([(s.rngs.sample.get_state(), torch.get_rng_state())])},
             "stream": s.stream.state(), "expert_stream": s.expert_stream.state(),
             "entropy": entropy.controller_state(s.entropy_ctl), "buffer": s.buffer.state(),
             "skipped": (s.skipped, s.skipped_run)}
 
 
 def restore(s: Session, state: dict) -> None:
-    """Inverse of `state_of` on a freshly built session of the same config."""
+    """Inverse of `state_of` on a freshly built session of the same config (every process loads
+    the full state; a sharded model keeps its own shards)."""
     s.step, s.kind_steps = state["step"], dict(state["kind_steps"])
-    s.model.load_state_dict(state["model"])
+    sharding.load_full_state_dict(s.model, state["model"])
     if state["ref"] is not None:
-        s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
-        s.ref.load_state_dict(state["ref"])
+        s.ref = frozen_reference(s.model, s.fresh_policy)
+        sharding.load_full_state_dict(s.ref, state["ref"])
     elif is_lora(s.model) and s.kind_steps.get("rl"):
         s.ref = AdaptersOff(s.model)
     s.pending_optim = dict(state["optimizers"])
-    s.rngs.sample.set_state(state["rngs"]["sample"])
+    rank, size = dist.world()
+    by_rank = state["rngs"].get("by_rank")             # absent in checkpoints of older versions
+    sample, torch_rng = by_rank[rank] if by_rank and len(by_rank) == size else \
+        (state["rngs"]["sample"], state["rngs"]["torch"])
+    s.rngs.sample.set_state(sample)
     s.rngs.eval.set_state(state["rngs"]["eval"])
-    torch.set_rng_state(state["rngs"]["torch"])
+    torch.set_rng_state(torch_rng)
     s.stream.load_state(state["stream"])
     s.expert_stream.load_state(state["expert_stream"])
     s.entropy_ctl = entropy.controller_from_state(state["entropy"])
@@ -366,11 +408,17 @@ def restore(s: Session, state: dict) -> None:
     s.skipped, s.skipped_run = state["skipped"]
 
 
-def frozen_reference(model):
+def frozen_reference(model, fresh=None):
     """The KL reference: a frozen copy of the policy as it enters RL, or for LoRA the same weights
-    with adapters disabled (adapters are zero at the start, so that is the initial policy)."""
+    with adapters disabled (adapters are zero at the start, so that is the initial policy).
+    A sharded policy gets a sharded copy: `fresh()` (a new unsharded policy) is sharded the same
+    way and each rank copies its own shards, so no rank ever holds the full reference."""
     if is_lora(model):
         return AdaptersOff(model)
+    if sharding.is_sharded(model):
+        ref = sharding.shard_model(fresh().eval().requires_grad_(False))
+        ref.load_state_dict(model.state_dict())         # DTensor shards into the same layout: local copies
+        return ref
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
