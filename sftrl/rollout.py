@@ -8,7 +8,7 @@ Why not `model.generate`: it cannot take a generator (seeds would not pin sampli
 things here make sampling cheaper: the prompt is prefilled once per prompt and its cache is
 repeated G times; rows that have finished leave the batch (in batches of rows, so the cache is
 not copied at every step); and for Llama-style decoders (Llama, SmolLM2, Qwen2, with or without
-LoRA) the loop calls the model's own layers on a key/value cache allocated once, without the
+LoRA) the loop calls the model's own layers (`sftrl.decoder`) on a key/value cache allocated once, without the
 per-step mask, position and cache rebuilding of a full `model(...)` call. Other architectures
 take the same loop through `model(...)` with a `DynamicCache`. Both loops compute the same
 next-token distributions and draw from the generator in the same order.
@@ -193,7 +193,7 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
         big_k[:, :, :Lp] = kc.repeat_interleave(n, 0)
         big_v[:, :, :Lp] = vc.repeat_interleave(n, 0)
         caches.append((big_k, big_v))
-    logits = head(direct.norm(decoder.norm, h[:, -1:]))[:, 0].repeat_interleave(n, 0)      # [N, V]
+    logits = head(direct.norm(decoder.norm, h[:, -1:]))[:, 0].repeat_interleave(n, 0)   # [N, V]
 
     # -- decode: batch row i is output row rows[i]; `live` indexes the unfinished batch rows --
     attend = torch.zeros(N, C, dtype=torch.bool, device=device)                 # [n_b, C]
@@ -224,11 +224,11 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
         col = Lp + t
         attend[:, col] = True
         h = decoder.embed_tokens(feed)[:, None]                                 # [n_b, 1, D]
-        rope = table.at(next_pos[:, None])                                      # angles at [n_b, 1]
+        rope = table.at(next_pos[:, None])                                      # at [n_b, 1]
         mask = attend[:, None, None, :col + 1]                                  # [n_b, 1, 1, col+1]
         for layer, f, (kc, vc) in zip(layers, fused, caches):
             h = direct.layer(layer, f, h, rope, kc, vc, col, mask)
-        logits = head(direct.norm(decoder.norm, h))[:, 0]                                    # [n_b, V]
+        logits = head(direct.norm(decoder.norm, h))[:, 0]                       # [n_b, V]
         next_pos = next_pos + 1
     return tokens, lengths, finished
 

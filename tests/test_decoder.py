@@ -34,7 +34,8 @@ def qwen2(seed=0):
 
 
 def lora(seed=0):
-    model = add_lora(llama(seed), LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    targets = ["q_proj", "v_proj", "up_proj"]
+    model = add_lora(llama(seed), LoraConfig(enabled=True, r=4, alpha=8, target_modules=targets))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         for name, p in model.named_parameters():
