@@ -18,6 +18,7 @@ forward. No per-call 4D mask building, position or cache objects either.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -101,6 +102,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
 
+@lru_cache(maxsize=None)
 def _pairs(heads: int, hd: int) -> torch.Tensor:
     """Row order that puts each head's rotate-half pairs (i, i + hd/2) side by side."""
     one = torch.stack([torch.arange(hd // 2), torch.arange(hd // 2) + hd // 2], -1).reshape(-1)   # [hd]

@@ -36,14 +36,20 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)                          # [N, L]
 
 
-def _last_hidden(model, decoder, input_ids, attention_mask, pos) -> torch.Tensor:
-    """Hidden states after the final norm [N, L, H]. A sharded model is called through its root,
-    whose hooks gather the weights (`sftrl.sharding`); its own lm head then scores one position."""
+def _hidden(model, decoder, input_ids, attention_mask, pos, completion_start: int) -> torch.Tensor:
+    """Hidden states after the final norm at positions completion_start-1 .. L-2 [N, T, H]. A
+    sharded model is called through its root, whose hooks gather the weights (`sftrl.sharding`;
+    its own lm head scores one position); a Llama-style one runs layer by layer with each distinct
+    prompt once (`sftrl.decoder`); any other through its decoder."""
+    mask = attention_mask.long()
     if sharding.is_sharded(model):
-        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos,
-                    logits_to_keep=1, output_hidden_states=True)
-        return out.hidden_states[-1]            # transformers ties it to last_hidden_state
-    return decoder(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos).last_hidden_state
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                    output_hidden_states=True)
+        return out.hidden_states[-1][:, completion_start - 1:-1]     # transformers ties it to last_hidden_state
+    dec_parts = direct.training_parts(model)
+    if dec_parts is not None:
+        return direct.completion_hidden(dec_parts, input_ids, attention_mask, completion_start)
+    return decoder(input_ids=input_ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, completion_start - 1:-1]
 
 
 def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -64,13 +70,7 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
         ent = logz - (torch.softmax(logits, -1) * logits).sum(-1)
         return logp, ent
-    # sharded models go through their root, whose hooks gather the weights; Llama-style ones
-    # otherwise run layer by layer with each distinct prompt once
-    dec_parts = None if sharding.is_sharded(model) else direct.training_parts(model)
-    if dec_parts is not None:
-        hidden = direct.completion_hidden(dec_parts, input_ids, attention_mask, completion_start)  # [N, T, H]
-    else:
-        hidden = _last_hidden(model, decoder, input_ids, attention_mask, pos)[:, completion_start - 1:-1]   # [N, T, H]
+    hidden = _hidden(model, decoder, input_ids, attention_mask, pos, completion_start)   # [N, T, H]
     V = head.weight.shape[0]
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(1, T * V))
     logps, ents = [], []

@@ -202,10 +202,7 @@ def rl_step(s) -> dict:
     for mb_rl, mb_sft in mini:
         w_pg = dist.global_weights(algo.weighting, mask[mb_rl])                 # [n, T] global normalisers
         w_tok = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask[mb_rl])   # [n, T]
-        for local in sharding.matched(s.model, _micro_rows(ro.lengths[mb_rl], cfg.micro_batch_size)):
-            if local is None:                   # sharded: another rank has more micro-batches
-                sharding.idle_pass(s.model)
-                continue
+        for local in sharding.each(s.model, _micro_rows(ro.lengths[mb_rl], cfg.micro_batch_size)):
             rows = mb_rl[local]
             w_p, w_t, on = w_pg[local], w_tok[local], ~off[rows, None]
             logp, ent = _forward(s.model, ids, attn, Lp, rows, temp)                   # [n, T]
@@ -233,10 +230,7 @@ def rl_step(s) -> dict:
         if dist.any_rank(len(mb_sft) > 0):   # joint SFT term: its own token-mean normaliser, weight lambda(t)
             g_rl = _grad_snapshot(s.model)
             w_sft = dist.global_weights(algos.WEIGHTINGS["token_mean"], sft_mask[mb_sft])   # [m, T]
-            for local in sharding.matched(s.model, _micro_rows(ro.lengths[mb_sft], cfg.micro_batch_size)):
-                if local is None:
-                    sharding.idle_pass(s.model)
-                    continue
+            for local in sharding.each(s.model, _micro_rows(ro.lengths[mb_sft], cfg.micro_batch_size)):
                 rows = mb_sft[local]
                 logp, ent = _forward(s.model, ids, attn, Lp, rows, 1.0)                 # [m, T]
                 weight = algo.sft_weight(t_rl, _seq_mean(ent, sft_mask[rows]))          # [m, 1]
@@ -333,10 +327,7 @@ def _forward_rows(model, ids, attn, Lp: int, lengths, chunk: int, temperature: f
     logp = torch.zeros(ids.shape[0], ids.shape[1] - Lp, device=ids.device)
     ent = torch.zeros_like(logp)
     rows = torch.arange(ids.shape[0]) if rows is None else rows
-    for local in sharding.matched(model, _micro_rows(lengths[rows], chunk)):
-        if local is None:                       # sharded: another rank has more chunks
-            sharding.idle_pass(model)
-            continue
+    for local in sharding.each(model, _micro_rows(lengths[rows], chunk)):
         sel = rows[local]
         logp[sel], ent[sel] = _forward(model, ids, attn, Lp, sel, temperature, entropy)
     return logp, ent

@@ -11,7 +11,7 @@ Rules a sharded model imposes on its callers, and how this module meets them:
 - every forward and backward through a sharded module is a collective (all-gather of the layer's
   weights, reduce-scatter of its gradients), so all ranks must run the same number of them:
   loops over a rank's own micro-batches go through `matched`, which pads the shorter ones with
-  idle passes (`idle_pass`, zero loss);
+  idle passes (`idle_pass`, zero loss), or `each`, which runs those passes itself;
 - generation runs a different number of decode steps on each rank, so it must run no collective
   at all: `full_weights` gathers every layer once, on every rank, and generation then uses plain
   tensors (the direct loop reads the layers' weights; the hf loop's forwards find them gathered);
@@ -108,6 +108,16 @@ def matched(model, parts: list) -> list:
     n = torch.tensor([len(parts)], dtype=torch.long)
     tdist.all_reduce(n, op=tdist.ReduceOp.MAX)
     return list(parts) + [None] * (int(n) - len(parts))
+
+
+def each(model, parts: list):
+    """This rank's `parts`, then (sharded) the idle passes `matched` asks for, run here: for a
+    loop with one forward (and backward) of `model` per part."""
+    for part in matched(model, parts):
+        if part is None:
+            idle_pass(model)
+        else:
+            yield part
 
 
 def idle_pass(model) -> None:

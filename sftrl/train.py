@@ -70,10 +70,7 @@ def sft_step(model, opt, sched, batch, *, micro_batch_size: int | None, grad_cli
     w = dist.global_weights(algos.WEIGHTINGS["token_mean"], mask)               # [B, T] over all ranks
     ids, attn, Lp = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
     total = ent_total = 0.0
-    for rows in sharding.matched(model, micro_slices(ids.shape[0], micro_batch_size)):
-        if rows is None:                        # a sharded model: another rank has more micro-batches
-            sharding.idle_pass(model)
-            continue
+    for rows in sharding.each(model, micro_slices(ids.shape[0], micro_batch_size)):
         if entropy_coef:
             logp, ent = logprobs.token_logp_and_entropy(model, ids[rows], attn[rows], Lp)   # [b, T]
             bonus = (ent * w[rows]).sum()

@@ -15,22 +15,22 @@ from sftrl.models import add_lora
 V = 40
 
 
-def llama(seed=0):
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                      tie_word_embeddings=True, pad_token_id=0)
+def _seeded(model_class, config, seed):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg)
+        return model_class(config)
+
+
+def llama(seed=0):
+    return _seeded(LlamaForCausalLM, LlamaConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0), seed)
 
 
 def qwen2(seed=0):
-    cfg = Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, pad_token_id=0)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return Qwen2ForCausalLM(cfg)
+    return _seeded(Qwen2ForCausalLM, Qwen2Config(
+        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0), seed)
 
 
 def lora(seed=0):
