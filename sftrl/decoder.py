@@ -111,7 +111,8 @@ def _pairs(heads: int, hd: int) -> torch.Tensor:
 
 class Fused(NamedTuple):
     """A layer's projections as two matmuls: q|k|v (q and k rows reordered so that RoPE is one
-    complex multiply; q.k is unchanged because both are reordered alike) and gate|up."""
+    complex multiply; q.k is unchanged because both are reordered alike) and gate|up (None: gate
+    and up stay two matmuls)."""
 
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
@@ -120,10 +121,12 @@ class Fused(NamedTuple):
     gate_up_bias: torch.Tensor | None
 
 
-def fused(lay) -> Fused | None:
+def fused(lay, *, gate_up: bool) -> Fused | None:
     """`Fused` of a layer whose projections are plain `nn.Linear`s; None otherwise (LoRA-wrapped
     projections, other MLPs): the layer's modules are then called one by one. Built from the live
-    weights, so under autograd the gradients reach them through the concatenation."""
+    weights, so under autograd the gradients reach them through the concatenation. `gate_up`:
+    gate and up as one matmul (small decode batches); else two, whose outputs stay contiguous
+    (cheaper elementwise work and backward at training sizes)."""
     a, mlp = lay.self_attn, getattr(lay, "mlp", None)
     lin = torch.nn.Linear
     if type(a.q_proj) is not lin or type(a.k_proj) is not lin or type(a.v_proj) is not lin or \
@@ -137,10 +140,10 @@ def fused(lay) -> Fused | None:
     order = [_pairs(m.out_features // hd, hd).to(dev) for m in (a.q_proj, a.k_proj)] + [None]
     pick = (lambda t, o: t if o is None else t[o])
     bias = None if a.q_proj.bias is None else torch.cat([pick(m.bias, o) for m, o in zip(qkv, order)])
-    gu_bias = None if mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
+    gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) if gate_up else None
+    gu_bias = None if not gate_up or mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
     return Fused(torch.cat([pick(m.weight, o) for m, o in zip(qkv, order)]), bias,
-                 [m.out_features for m in qkv],
-                 torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gu_bias)
+                 [m.out_features for m in qkv], gu, gu_bias)
 
 
 def norm(mod, x: torch.Tensor) -> torch.Tensor:
@@ -176,14 +179,12 @@ def attend(lay, qs, ks, vs, mask) -> torch.Tensor:
     return o.transpose(1, 2).flatten(2)
 
 
-def mlp(lay, fz: Fused | None, x: torch.Tensor, *, fuse_gate_up: bool) -> torch.Tensor:
-    """The gated MLP of the normalised input x; gate and up as one matmul when `fuse_gate_up`
-    (small decode batches), else two (their outputs stay contiguous: cheaper elementwise work
-    and backward at training sizes)."""
+def mlp(lay, fz: Fused | None, x: torch.Tensor) -> torch.Tensor:
+    """The gated MLP of the normalised input x, gate and up fused as `fz` says."""
     m = lay.mlp
     if fz is None:
         return m(x)
-    if fuse_gate_up:
+    if fz.gate_up is not None:
         gate, up = F.linear(x, fz.gate_up, fz.gate_up_bias).chunk(2, -1)
     else:
         gate, up = m.gate_proj(x), m.up_proj(x)
@@ -193,13 +194,13 @@ def mlp(lay, fz: Fused | None, x: torch.Tensor, *, fuse_gate_up: bool) -> torch.
 def layer(lay, fz, h, rope: Rope, k_cache, v_cache, col: int, mask):
     """One pre-norm decoder layer on h [n, q, D] at cache columns col..col+q-1 (decoding): writes
     the new keys and values into k_cache/v_cache [n, KV, C, hd] and attends over columns :col+q
-    under mask [n, 1, q, col+q] (True = attend). `fz` is `fused(lay)`."""
+    under mask [n, 1, q, col+q] (True = attend). `fz` is `fused(lay, gate_up=True)`."""
     qs, ks, vs = qkv(lay, fz, norm(lay.input_layernorm, h), rope)
     end = col + ks.shape[2]
     k_cache[:, :, col:end] = ks
     v_cache[:, :, col:end] = vs
     h = h + lay.self_attn.o_proj(attend(lay, qs, k_cache[:, :, :end], v_cache[:, :, :end], mask))
-    return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h), fuse_gate_up=True)
+    return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h))
 
 
 def _train_layer(lay, fz, h, rope: Rope, mask, prefix=None):
@@ -208,7 +209,7 @@ def _train_layer(lay, fz, h, rope: Rope, mask, prefix=None):
     qs, ks, vs = qkv(lay, fz, norm(lay.input_layernorm, h), rope)
     k_all, v_all = (ks, vs) if prefix is None else (torch.cat([prefix[0], ks], 2), torch.cat([prefix[1], vs], 2))
     h = h + lay.self_attn.o_proj(attend(lay, qs, k_all, v_all, mask))
-    return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h), fuse_gate_up=False), (ks, vs)
+    return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h)), (ks, vs)
 
 
 def prompt_mask_4d(valid: torch.Tensor) -> torch.Tensor:
@@ -245,7 +246,7 @@ def completion_hidden(dec_parts, input_ids: torch.Tensor, attention_mask: torch.
                        2)[:, None]                                              # [N, 1, T, L]
     rp, rc = table.at(p_pos), table.at(c_pos)
     for lay in decoder.layers:
-        fz = fused(lay)
+        fz = fused(lay, gate_up=False)
         hp, (kp, vp) = _train_layer(lay, fz, hp, rp, p_mask)
         hc, _ = _train_layer(lay, fz, hc, rc, c_mask, prefix=(kp[inv], vp[inv]))   # shared prompt keys/values
     return norm(decoder.norm, torch.cat([hp[inv, -1:], hc[:, :-1]], 1))        # [N, T, D]

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sftrl import decoder as direct
 from sftrl import sharding
-from sftrl.decoder import base_model  # noqa: F401  (re-exported)
+from sftrl.decoder import base_model
 
 CHUNK_ELEMENTS = 2 ** 24
 """Rows per chunk are chosen so one chunk's logits hold about this many floats (64 MiB fp32)."""

@@ -24,7 +24,6 @@ import torch
 from transformers import DynamicCache
 
 from sftrl import decoder as direct
-from sftrl.decoder import base_model
 
 ENGINES = ("auto", "direct", "hf")
 COMPACT_FRACTION = 0.125
@@ -120,7 +119,7 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
 def _cache_keyword(model) -> str:
     """The name under which this transformers version passes and returns the KV cache
     (`cache` from 5.24, `past_key_values` before)."""
-    base = base_model(model)
+    base = direct.base_model(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
@@ -174,7 +173,7 @@ def _decode_direct(parts, prompt_ids, prompt_mask, n: int, max_new_tokens: int, 
     P, Lp = prompt_ids.shape
     N, C = P * n, Lp + max_new_tokens
     layers = list(decoder.layers)
-    fused = [direct.fused(layer) for layer in layers]
+    fused = [direct.fused(layer, gate_up=True) for layer in layers]
     kv_heads = direct.kv_heads(decoder)
     h = decoder.embed_tokens(prompt_ids)                                        # [P, Lp, D]
     table = direct.Rope.table(decoder, C, h)                                    # angles at 0..C-1
