@@ -178,7 +178,9 @@ def load_policy(cfg, *, seed: int, device) -> tuple:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False      # training forwards keep no cache; rollouts ask for theirs
     if cfg.lora.enabled:
-        model = add_lora(model, cfg.lora)
+        with torch.random.fork_rng(devices=[]):   # adapter init from the run seed, not global state
+            torch.manual_seed(seed)
+            model = add_lora(model, cfg.lora)
     return model, tokenizer
 
 

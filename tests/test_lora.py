@@ -64,3 +64,15 @@ def test_lora_run_saves_adapters_and_a_merged_policy(tmp_path):
 def test_lora_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config({}, [override])
+
+
+def test_adapter_initialisation_follows_the_run_seed_only():
+    cfg = build_config({}, LORA).model
+
+    def adapters(seed, global_seed):
+        torch.manual_seed(global_seed)             # global state must not reach the adapters
+        model, _ = load_policy(cfg, seed=seed, device=torch.device("cpu"))
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    a, b, c = adapters(0, global_seed=1), adapters(0, global_seed=2), adapters(1, global_seed=1)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
