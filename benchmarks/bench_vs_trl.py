@@ -31,8 +31,8 @@ P, G, MAX_NEW, BETA, EPS = 16, 8, 64, 0.04, 0.2
 
 
 def make_model(out: Path, hidden: int, layers: int) -> None:
-    from sftrl.config import TinyModelConfig
-    from sftrl.models import build_char_tokenizer, save_policy, tiny_model
+    from sftrl.config.schema import TinyModelConfig
+    from sftrl.lm.models import build_char_tokenizer, save_policy, tiny_model
     tok = build_char_tokenizer()
     model = tiny_model(TinyModelConfig(hidden_size=hidden, num_layers=layers, num_heads=4), len(tok),
                        seed=0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
@@ -48,9 +48,9 @@ def run_ours(model_dir: str, steps: int, threads: int) -> dict:
 
     import torch
     from sftrl.config import build_config
-    from sftrl.rl import rl_step
+    from sftrl.train.rl_step import rl_step
     from sftrl.runlog import RunDir
-    from sftrl.train import Session, quiet_libraries
+    from sftrl.train.fit import Session, quiet_libraries
     quiet_libraries()
     torch.set_num_threads(threads)
     cfg = build_config({"phases": [{"kind": "rl", "steps": steps}]}, [
@@ -74,8 +74,8 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from sftrl.tasks.arith import generate
-    from sftrl.verify import is_correct
+    from sftrl.data.tasks.arith import generate
+    from sftrl.data.verify import is_correct
     torch.set_num_threads(threads)
     problems = generate(split="train", n=2000, seed=1234)
     answers = {p.prompt + "\n": p.answer for p in problems}

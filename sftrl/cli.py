@@ -1,101 +1,21 @@
-"""Command line: `sftrl train | eval | config | sweep` (report and study join as they exist).
+"""Command line: `sftrl train | eval | config | sweep | report | study`.
 
-Owns: argument parsing and turning expected failures into one-line errors (exit code 2).
-Set SFTRL_DEBUG=1 to see the full traceback instead.
+Owns: the top-level parser and dispatch only. The training half's commands (train, eval, config)
+and the one-line error handling are `sftrl.entry`; the experiment commands (sweep, report, study)
+call `sftrl.experiment`. Set SFTRL_DEBUG=1 to see the full traceback of an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
-
-def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
-    """'[FILE] [key=value ...]' -> (file or None, overrides)."""
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    bad = [x for x in items if "=" not in x]
-    if bad:
-        raise ValueError(f"{bad[0]!r} is neither a config file (it must come first) nor key=value")
-    return None, items
-
-
-def cmd_config(a) -> int:
-    from sftrl.config import explain, load_config, to_yaml
-    if a.explain:
-        for key, typ, default, meaning in explain():
-            print(f"{key:<40} {typ:<28} {default:<22} {meaning}")
-        return 0
-    path, overrides = _split_args(a.args)
-    if a.check:
-        return check_runs(path, a.check)
-    print(to_yaml(load_config(path, overrides)), end="")
-    return 0
-
-
-def check_runs(path: str | None, source: str) -> int:
-    """Validate many runs against one config file in one process: `source` ('-' = stdin) is a
-    JSON object {run_id: [key=value, ...]}. Sweeps call this before starting any run."""
-    from sftrl.config import load_config
-    runs = json.loads(sys.stdin.read() if source == "-" else Path(source).read_text())
-    for run_id, overrides in runs.items():
-        try:
-            load_config(path, overrides)
-        except (ValueError, KeyError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise ValueError(f"run {run_id}: {msg}") from None
-    print(f"{len(runs)} run config(s) valid")
-    return 0
-
-
-def default_out(name: str, seed: int) -> Path:
-    return Path("runs") / name / f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
-
-
-def cmd_train(a) -> int:
-    from sftrl.config import load_config
-    from sftrl.runlog import check_writable
-    path, overrides = _split_args(a.args)
-    if path is None:
-        raise ValueError("sftrl train needs a config file first, e.g. sftrl train configs/sft_arith.yaml")
-    from sftrl.dist import launcher_overrides
-    cfg = load_config(path, [*overrides, *launcher_overrides(os.environ)])
-    out = Path(a.out) if a.out else default_out(cfg.name, cfg.seed)
-    if (out / "DONE").exists():
-        raise ValueError(f"{out} already holds a finished run (DONE); choose another --out")
-    from sftrl.models import check_model_name, device_from
-    device_from(cfg.device)                      # absent CUDA or a bad model path: fail before the
-    check_model_name(cfg.model.name)             # run directory is created
-    check_writable(out)
-    from sftrl.train import fit
-    final = fit(cfg, out, argv=sys.argv)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}, indent=1))
-    print(f"run directory: {out}")
-    return 0
-
-
-def cmd_eval(a) -> int:
-    from sftrl.config import build_config, load_yaml
-    run = Path(a.run_dir)
-    if not (run / "config.yaml").is_file() or not (run / "model").is_dir():
-        raise ValueError(f"{run} is not a finished run directory (needs config.yaml and model/)")
-    data = load_yaml(run / "config.yaml")
-    cfg = build_config(data, [f"model.name={(run / 'model').resolve()}", *a.overrides])
-    from sftrl.runlog import RunDir
-    from sftrl.train import Session, quiet_libraries
-    quiet_libraries()
-    s = Session(cfg, RunDir(run))
-    metrics, _ = s.evaluate_all()
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))
-    return 0
+from sftrl import entry
 
 
 def cmd_sweep(a) -> int:
-    from sftrl.experiment.executors import ProgressDisplay
+    from sftrl.experiment.progress import ProgressDisplay
     from sftrl.experiment.sweep import load_sweep, run_sweep
     sw = load_sweep(a.sweep)
     workers = int(a.workers) if a.workers and a.workers.isdigit() else a.workers
@@ -136,21 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sftrl", description="SFT + RL for small reasoning models, "
                                 "with studies that report their uncertainty.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one run: sftrl train CONFIG [key=value ...] [--out DIR]")
-    t.add_argument("args", nargs="*", metavar="CONFIG_AND_OVERRIDES")
-    t.add_argument("--out", help="run directory (default runs/<name>/<time>-s<seed>); an unfinished "
-                   "one with a checkpoint and the same config is resumed from its newest checkpoint")
-    t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a finished run's model: sftrl eval RUN_DIR [key=value ...]")
-    e.add_argument("run_dir")
-    e.add_argument("overrides", nargs="*", help="e.g. eval.k=8 eval.n=100")
-    e.set_defaults(fn=cmd_eval)
-    c = sub.add_parser("config", help="print the resolved config: sftrl config [FILE] [key=value ...]")
-    c.add_argument("args", nargs="*")
-    c.add_argument("--explain", action="store_true", help="list every key with type, default and meaning")
-    c.add_argument("--check", metavar="RUNS_JSON", help="validate many runs at once: a JSON object "
-                   "{run_id: [key=value, ...]} in a file, or '-' for stdin")
-    c.set_defaults(fn=cmd_config)
+    entry.add_commands(sub)
     w = sub.add_parser("sweep", help="run seeds x methods x grids: sftrl sweep SWEEP.yaml [--out DIR]")
     w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
     w.add_argument("--out", help="experiment directory (default runs/<sweep name>/)")
@@ -183,15 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        return a.fn(a)
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        if os.environ.get("SFTRL_DEBUG"):
-            raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"sftrl {a.cmd}: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
-        return 2
+    return entry.run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

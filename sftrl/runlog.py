@@ -1,7 +1,9 @@
 """The run directory: the only interface between the training half and the experiment half.
 
-Owns: the layout below, atomic writes, JSONL appends, provenance. Does not own checkpoint
-contents (the trainer decides what state to save; this module only writes files safely).
+Owns: the layout below (its file names), the writer (atomic writes, JSONL appends, provenance)
+and the one reader the experiment half uses (`read_json`, `read_jsonl`, `read_config`,
+`run_status`). Does not own checkpoint contents (the trainer decides what state to save; this
+module only writes files safely). Imports neither torch nor the trainer.
 
     <run>/config.yaml       fully resolved config (every default written out)
     <run>/provenance.json   git sha, versions, hardware, command line, seed, start/end time
@@ -25,7 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
+CONFIG = "config.yaml"
+PROVENANCE = "provenance.json"
+METRICS = "metrics.jsonl"
+EVAL = "eval.jsonl"
+SAMPLES = "samples.jsonl"
+FINAL = "final.json"
+MODEL = "model"
 DONE = "DONE"
+ERROR = "ERROR"
+"""Written by a sweep for a run that failed: first line the error, then the command and stderr."""
+CHECKPOINTS = "checkpoints"
+"""Folder of a run's checkpoints (`sftrl.train.checkpoints` writes what goes inside)."""
+LOGS = (METRICS, EVAL, SAMPLES)
+"""The append-only logs, truncated to the resumed step when a run resumes."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -145,6 +160,11 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    folder = Path(run_dir) / CHECKPOINTS
+    return folder.is_dir() and any(p.name.startswith("step-") for p in folder.iterdir())
+
+
 class RunDir:
     """Paths and safe writers of one run directory."""
 
@@ -163,8 +183,8 @@ class RunDir:
     def start(self, config_yaml: str, *, seed: int, argv: list[str] | None = None) -> None:
         """Write config.yaml and provenance.json at the start of a run."""
         check_writable(self.path)
-        atomic_write_text(self.file("config.yaml"), config_yaml)
-        atomic_write_json(self.file("provenance.json"), {
+        atomic_write_text(self.file(CONFIG), config_yaml)
+        atomic_write_json(self.file(PROVENANCE), {
             "git_sha": git_sha(), "versions": package_versions(), "hardware": hardware(),
             "argv": list(argv if argv is not None else sys.argv), "cwd": os.getcwd(), "seed": seed,
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "end_time": None,
@@ -172,7 +192,7 @@ class RunDir:
 
     def resume(self, *, argv: list[str] | None, step: int) -> None:
         """Note a resume in provenance.json (command line, time, step resumed from)."""
-        prov_path = self.file("provenance.json")
+        prov_path = self.file(PROVENANCE)
         prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
         prov.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                "argv": list(argv if argv is not None else sys.argv)})
@@ -183,8 +203,8 @@ class RunDir:
 
     def finish(self, final: dict) -> None:
         """final.json, the end time in provenance.json, then DONE last."""
-        atomic_write_json(self.file("final.json"), final)
-        prov_path = self.file("provenance.json")
+        atomic_write_json(self.file(FINAL), final)
+        prov_path = self.file(PROVENANCE)
         prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
         prov["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(prov_path, prov)
@@ -207,3 +227,56 @@ class QuietRunDir(RunDir):
 
     def finish(self, final: dict) -> None:
         pass
+
+
+# -- reading: what the experiment half sees of a run -----------------------------------------------
+def read_json(path: Path) -> dict | None:
+    """A JSON object file, or None when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_jsonl(path: Path, warnings: list) -> list[dict]:
+    """The records of a JSONL log; an unreadable line (a torn last write) is skipped and noted
+    in `warnings`."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        else:
+            warnings.append(f"{path}:{i + 1}: unreadable line skipped (torn write?)")
+    return out
+
+
+def read_config(run: Path) -> dict:
+    """The run's resolved config as a plain mapping ({} when missing or unreadable)."""
+    import yaml
+
+    from sftrl import yamlio
+    try:
+        data = yamlio.load((Path(run) / CONFIG).read_text()) if (Path(run) / CONFIG).is_file() else {}
+    except (OSError, yaml.YAMLError):
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_status(run: Path) -> tuple[str, str | None, dict | None]:
+    """(status, first error line, final.json) of a run directory: done (DONE and a readable
+    final.json), failed (ERROR, or DONE without final.json) or incomplete."""
+    run = Path(run)
+    final = read_json(run / FINAL)
+    if (run / DONE).exists():
+        return ("done", None, final) if final is not None else ("failed", "final.json is missing or unreadable", None)
+    if (run / ERROR).is_file():
+        return "failed", ((run / ERROR).read_text().splitlines() or ["(empty ERROR file)"])[0], None
+    return "incomplete", "no DONE: the run did not finish", None

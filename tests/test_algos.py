@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl.algos import ADVANTAGES, KL, SURROGATES, WEIGHTINGS, clip_indicators, overlong_penalty
+from sftrl.algos.policy import ADVANTAGES, KL, SURROGATES, WEIGHTINGS, clip_indicators, overlong_penalty
 from tests.reference import grpo_loop, rloo_loop, token_loss_loop
 
 R = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])   # [P=3, G=4]

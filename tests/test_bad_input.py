@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from sftrl.cli import main
-from sftrl.config import TinyModelConfig, build_config
-from sftrl.models import build_char_tokenizer, load_policy, save_policy, tiny_model
+from sftrl.config import build_config
+from sftrl.config.schema import TinyModelConfig
+from sftrl.lm.models import build_char_tokenizer, load_policy, save_policy, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_FAIL_S = 5.0

@@ -1,4 +1,4 @@
-"""The layer-by-layer training forward (`sftrl.decoder.completion_hidden`) equals the model's own
+"""The layer-by-layer training forward (`sftrl.lm.decoder.completion_hidden`) equals the model's own
 forward, values and gradients, with each distinct prompt run once; Llama, Qwen2 (grouped-query
 attention, q/k/v biases) and LoRA-wrapped models."""
 
@@ -7,10 +7,10 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from sftrl import decoder
-from sftrl.config import LoraConfig
-from sftrl.logprobs import token_logp_and_entropy
-from sftrl.models import add_lora
+from sftrl.lm import decoder
+from sftrl.config.schema import LoraConfig
+from sftrl.lm.logprobs import token_logp_and_entropy
+from sftrl.lm.models import add_lora
 
 V = 40
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl.entropy import (ENTROPY, TOKEN_FILTERS, controller_from_state, controller_state,
-                           make_controller)
+from sftrl.algos.entropy import ENTROPY, controller_from_state, controller_state, make_controller
+from sftrl.algos.filters import TOKEN_FILTERS
 
 
 def test_off_and_constant():

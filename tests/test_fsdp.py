@@ -17,11 +17,14 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch.testing import assert_close
 
-from sftrl import algos, dist, logprobs, rollout, sharding
-from sftrl.batches import demo_batch
-from sftrl.config import LoraConfig, TinyModelConfig
-from sftrl.models import add_lora, build_char_tokenizer, tiny_model
-from sftrl.train import clip_and_step, frozen_reference, sft_step
+from sftrl.algos import policy as algos
+from sftrl.lm import logprobs, rollout
+from sftrl.parallel import dist, sharding
+from sftrl.train import forward
+from sftrl.data.streams import demo_batch
+from sftrl.config.schema import LoraConfig, TinyModelConfig
+from sftrl.lm.models import add_lora, build_char_tokenizer, shard, tiny_model
+from sftrl.train.fit import clip_and_step, frozen_reference, sft_step
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-4
@@ -43,7 +46,7 @@ def _policy(tok, lora: bool = False):
 
 def _sft(tok, lora: bool, clip: float) -> dict:
     """One SFT step on this rank's block of 5 demonstrations (2 and 3 rows: 1 and 2 micro-batches)."""
-    model = sharding.shard_model(_policy(tok, lora))
+    model = shard(_policy(tok, lora))
     rows = dist.shard(list(range(5)))
     batch = demo_batch(tok, [PROMPTS[i] for i in rows], [TARGETS[i] for i in rows], max_len=64, device="cpu")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, eps=EPS)
@@ -55,7 +58,7 @@ def _sft(tok, lora: bool, clip: float) -> dict:
 def _rl(tok) -> dict:
     """One update of a PPO-clip + KL (k3, to a sharded frozen reference) - entropy loss on G=2
     completions per problem, with global seq-mean-token-mean weights and group z-score advantages."""
-    model = sharding.shard_model(_policy(tok))
+    model = shard(_policy(tok))
     ref = frozen_reference(model, lambda: _policy(tok))
     with torch.no_grad():                                   # the policy moves away from the reference
         for p in model.parameters():
@@ -74,8 +77,8 @@ def _rl(tok) -> dict:
     for sel in sharding.matched(model, list(torch.arange(len(rows)).split(3))):   # 1 and 2 micro-batches
         if sel is None:
             with torch.no_grad():
-                sharding.idle_pass(ref)
-            sharding.idle_pass(model)
+                forward.idle_pass(ref)
+            forward.idle_pass(model)
             continue
         with torch.no_grad():
             ref_logp = logprobs.token_logp(ref, ids[sel], attn[sel], Lp)             # [m, T]
@@ -92,7 +95,7 @@ def _rl(tok) -> dict:
 def _sample(tok) -> dict:
     """Completions of this rank's prompts on gathered weights, both decode loops; the ranks decode
     6 and 12 steps, so any collective inside generation would hang."""
-    model = sharding.shard_model(_policy(tok))
+    model = shard(_policy(tok))
     rank = dist.world()[0]
     rows = dist.shard(list(range(4)))
     out = {}
@@ -164,7 +167,7 @@ def test_generation_on_gathered_weights_matches_one_process(runs):
 
 def test_one_process_leaves_the_model_unsharded():
     tok = build_char_tokenizer()
-    model = sharding.shard_model(_policy(tok))
+    model = shard(_policy(tok))
     assert not sharding.is_sharded(model)
     assert sharding.matched(model, [1, 2]) == [1, 2]
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl import hybrid
+from sftrl.algos import hybrid
+from sftrl.train import relift
 from sftrl.config import build_config
-from sftrl.rl import rl_step
-from sftrl.rollout import Rollout
+from sftrl.train.rl_step import rl_step
+from sftrl.batch import Rollout
 from sftrl.runlog import RunDir
-from sftrl.tasks.base import Problem
-from sftrl.train import Session, fit, sft_step
+from sftrl.data.tasks.base import Problem
+from sftrl.train.fit import Session, fit, sft_step
 
 EASY = ["task.kwargs={min_ops: 1, max_ops: 1, max_operand: 9, operators: '+'}", "task.train_size=60",
         "task.test_size=4"]
@@ -63,7 +64,7 @@ def _problems(*ids):
 
 
 def test_buffer_is_lifo_and_fires_exactly_at_its_trigger():
-    b = hybrid.SFTBuffer(order="lifo")
+    b = relift.SFTBuffer(order="lifo")
     b.push(_problems("a", "b"))
     assert b.pop(3) == [] and b.triggers == 0                  # 2 < 3: nothing fires
     b.push(_problems("c"))
@@ -71,12 +72,12 @@ def test_buffer_is_lifo_and_fires_exactly_at_its_trigger():
     b.push(_problems("d", "e"))
     b.push(_problems("f", "g"))
     assert [p.id for p in b.pop(3)] == ["f", "g", "d"] and [p.id for p in b.items] == ["e"]
-    fifo = hybrid.SFTBuffer(order="fifo")
+    fifo = relift.SFTBuffer(order="fifo")
     fifo.push(_problems("a", "b"))
     fifo.push(_problems("c"))
     assert [p.id for p in fifo.pop(2)] == ["a", "b"]
     state = b.state()
-    again = hybrid.SFTBuffer()
+    again = relift.SFTBuffer()
     again.load_state(state, {p.id: p for p in _problems("e")})
     assert again.state() == state
 

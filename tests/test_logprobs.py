@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sftrl.logprobs import _head, token_logp, token_logp_and_entropy
+from sftrl.lm.logprobs import _head, token_logp, token_logp_and_entropy
 
 
 def small_llama(seed=0):

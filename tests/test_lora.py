@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl import logprobs
+from sftrl.lm import logprobs
 from sftrl.config import ConfigError, build_config
-from sftrl.models import AdaptersOff, load_policy, save_policy
+from sftrl.lm.models import AdaptersOff, load_policy, save_policy
 from sftrl.runlog import RunDir
-from sftrl.train import Session, fit
+from sftrl.train.fit import Session, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 LORA = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "threads=1", "eval.k=0",

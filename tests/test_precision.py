@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl import logprobs
+from sftrl.lm import logprobs
 from sftrl.config import ConfigError, build_config
 from sftrl.runlog import RunDir
-from sftrl.train import Session
+from sftrl.train.fit import Session
 
 sys.path.insert(0, str(Path(__file__).parent))
 BASE = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "threads=1", "eval.k=0",

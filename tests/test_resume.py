@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sftrl import checkpoints
+from sftrl.train import checkpoints
 from sftrl.cli import main
 from sftrl.config import build_config
-from sftrl.train import fit
+from sftrl.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "eval.k=2", "eval.every=3",

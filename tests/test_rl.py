@@ -12,9 +12,9 @@ from torch.testing import assert_close
 
 from sftrl.config import ConfigError, build_config
 from sftrl.registry import RegistryError
-from sftrl.rl import rl_step
+from sftrl.train.rl_step import rl_step
 from sftrl.runlog import RunDir
-from sftrl.train import Session, fit
+from sftrl.train.fit import Session, fit
 
 PRESETS = ["grpo", "grpo_trl", "dr_grpo", "dapo", "rloo", "reinforce_pp"]
 SMALL = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "eval.k=2",

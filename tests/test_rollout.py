@@ -2,9 +2,10 @@
 
 import torch
 
-from sftrl import decoder, rollout
-from sftrl.config import TinyModelConfig
-from sftrl.models import build_char_tokenizer, tiny_model
+from sftrl import batch
+from sftrl.lm import decoder, rollout
+from sftrl.config.schema import TinyModelConfig
+from sftrl.lm.models import build_char_tokenizer, tiny_model
 
 
 def setup(seed=0):
@@ -81,12 +82,12 @@ def test_concat_and_select_keep_rows_aligned():
     model, tok = setup()
     a = rollout.sample(model, tok, ["1="], n=2, max_new_tokens=3, gen=torch.Generator().manual_seed(0))
     b = rollout.sample(model, tok, ["123*45="], n=2, max_new_tokens=5, gen=torch.Generator().manual_seed(1))
-    both = rollout.concat([a, b], tok.pad_token_id)
+    both = batch.concat([a, b], tok.pad_token_id)
     assert both.texts == a.texts + b.texts
     assert both.prompt_ids.shape[1] == b.prompt_ids.shape[1]
     assert tok.decode(both.prompt_ids[0][both.prompt_mask[0] > 0]) == "1="
-    assert rollout.group_rows(torch.tensor([1, 0]), 2).tolist() == [2, 3, 0, 1]
-    picked = rollout.select_rows(both, torch.tensor([2, 3]))
+    assert batch.group_rows(torch.tensor([1, 0]), 2).tolist() == [2, 3, 0, 1]
+    picked = batch.select_rows(both, torch.tensor([2, 3]))
     assert picked.texts == b.texts
 
 
@@ -130,8 +131,8 @@ def test_direct_engine_handles_gqa_biases_and_lora():
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     qwen = _eos_biased(Qwen2ForCausalLM(cfg).eval(), tok, 0.5)
     assert qwen.model.layers[0].self_attn.q_proj.bias is not None           # qkv biases, 2 KV heads
-    from sftrl.config import LoraConfig
-    from sftrl.models import add_lora
+    from sftrl.config.schema import LoraConfig
+    from sftrl.lm.models import add_lora
     llama, _ = setup(4)
     lora = add_lora(llama, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"]))
     with torch.no_grad():                       # non-zero adapters, so they change the distribution

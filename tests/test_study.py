@@ -169,7 +169,7 @@ def test_smoke_shrinks_any_study_and_every_run_config_is_valid(tmp_path):
     """`sftrl study FILE --smoke`: same methods and keys, tiny sizes; every planned run builds."""
     from sftrl.config import build_config
     from sftrl.experiment.study import load_study, main_sweep, smoke, warm_sweep
-    from sftrl.experiment.sweep import plan
+    from sftrl.experiment.spec import plan
     for name in ("default", "full", str(ROOT / "configs/studies/real-smollm2.yaml")):
         spec = load_study(name)
         s = smoke(spec)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sftrl.experiment import executors
-from sftrl.experiment.executors import Launch
-from sftrl.experiment.sweep import (SweepError, available_cores, load_sweep, manifest, plan, prepare,
-                                    resolve_workers, run_ids, run_sweep, short_keys, value_text)
+from sftrl.experiment import launch, progress
+from sftrl.experiment.launch import Launch
+from sftrl.experiment.spec import SweepError, load_sweep, plan, run_ids, short_keys, value_text
+from sftrl.experiment.sweep import available_cores, manifest, prepare, resolve_workers, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = str(REPO / "configs" / "grpo_arith.yaml")
@@ -143,27 +143,27 @@ def test_workers_auto_fits_the_cores_and_oversubscription_is_refused():
 
 def test_eta_and_error_lines():
     # 3 waiting runs at the mean 15 s, plus 10 s left of a run 5 s in, over 2 workers
-    assert executors.eta([10.0, 20.0], 3, [5.0], workers=2) == pytest.approx((3 * 15 + 10) / 2)
-    assert executors.eta([], 3, [], workers=2) is None
-    assert executors.error_line("Traceback ...\n  x\nsftrl train: error: bad row\n\n", 2) == "sftrl train: error: bad row"
-    assert executors.error_line("step 3\n", -9) == "killed by SIGKILL (out of memory, or stopped from outside); last output: step 3"
-    assert executors.error_line("", 0) == "train exited 0 but wrote no DONE file"
+    assert progress.eta([10.0, 20.0], 3, [5.0], workers=2) == pytest.approx((3 * 15 + 10) / 2)
+    assert progress.eta([], 3, [], workers=2) is None
+    assert launch.error_line("Traceback ...\n  x\nsftrl train: error: bad row\n\n", 2) == "sftrl train: error: bad row"
+    assert launch.error_line("step 3\n", -9) == "killed by SIGKILL (out of memory, or stopped from outside); last output: step 3"
+    assert launch.error_line("", 0) == "train exited 0 but wrote no DONE file"
 
 
 def test_resume_hook_keeps_a_checkpointed_run_only_when_train_can_resume_it(tmp_path):
-    assert executors.resume_mode("usage: sftrl train [--out OUT] [--resume]") == "flag"
-    assert executors.resume_mode("--out OUT  run directory (an unfinished one is Resumed from its "
+    assert launch.resume_mode("usage: sftrl train [--out OUT] [--resume]") == "flag"
+    assert launch.resume_mode("--out OUT  run directory (an unfinished one is Resumed from its "
                                  "newest checkpoint)") == "auto"
-    assert executors.resume_mode("--out OUT  run directory (default runs/<name>/<time>-s<seed>)") is None
+    assert launch.resume_mode("--out OUT  run directory (default runs/<name>/<time>-s<seed>)") is None
     run = plan(sweep(methods=["grpo"], seeds=1), tmp_path)[0]
     (run.path / "checkpoints" / "step-3").mkdir(parents=True)
     (run.path / "ERROR").write_text("killed\n")
     flag = Launch(base=BASE, cwd=str(REPO), threads=1, resume="flag")
-    assert executors.train_command(run, flag)[-3:] == ["--out", str(run.path), "--resume"]
+    assert launch.train_command(run, flag)[-3:] == ["--out", str(run.path), "--resume"]
     prepare(run, tmp_path, flag)
     assert (run.path / "checkpoints" / "step-3").is_dir() and not (run.path / "ERROR").exists()
     plain = Launch(base=BASE, cwd=str(REPO), threads=1)
-    assert executors.train_command(run, plain)[-2:] == ["--out", str(run.path)]
+    assert launch.train_command(run, plain)[-2:] == ["--out", str(run.path)]
     prepare(run, tmp_path, plain)                                  # cannot resume: start over, keep the logs
     assert not run.path.exists() and (tmp_path / "attempts" / "grpo__s0.1" / "checkpoints" / "step-3").is_dir()
     run.path.mkdir(parents=True)
@@ -178,10 +178,10 @@ def test_progress_lines_plain_and_on_a_terminal():
         def isatty(self):
             return True
     run = plan(sweep(seeds=1), "/tmp/x")[1]
-    st = executors.Status(done=3, running=2, failed=1, skipped=4, remaining=5, elapsed_s=75.4, eta_s=3725.0)
+    st = progress.Status(done=3, running=2, failed=1, skipped=4, remaining=5, elapsed_s=75.4, eta_s=3725.0)
     plain, tty = io.StringIO(), Tty()
     for stream in (plain, tty):
-        show = executors.ProgressDisplay("exp", stream=stream)
+        show = progress.ProgressDisplay("exp", stream=stream)
         show("failed", run, st)
         show("tick", None, st)                       # plain: at most one tick line per 30 s
     line = "[exp] 3 done, 2 running, 1 failed, 5 remaining (4 skipped) | 1m15s elapsed, eta 1h02m"
@@ -199,8 +199,8 @@ def test_invalid_run_config_fails_before_any_training(tmp_path):
 
 
 def test_experiment_half_never_imports_torch():
-    code = ("import sys; from sftrl.experiment import sweep, executors; import sftrl.cli; "
-            f"sweep.plan({{'base': {BASE!r}, 'methods': ['grpo'], 'seeds': 2}}, '/tmp/x'); "
+    code = ("import sys; from sftrl.experiment import sweep, spec, launch, pools; import sftrl.cli; "
+            f"spec.plan({{'base': {BASE!r}, 'methods': ['grpo'], 'seeds': 2}}, '/tmp/x'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
             "or m in ('sftrl.config', 'sftrl.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

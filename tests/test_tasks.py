@@ -8,11 +8,11 @@ import time
 import pytest
 
 from sftrl.config import build_config
-from sftrl.tasks import load_problems
-from sftrl.tasks.arith import generate, parse, solve
-from sftrl.tasks.base import Problem
-from sftrl.tasks.files import last_boxed, load_hub, load_jsonl
-from sftrl.tasks.rgym import load_rgym
+from sftrl.data.tasks import load_problems
+from sftrl.data.tasks.arith import generate, parse, solve
+from sftrl.data.tasks.base import Problem
+from sftrl.data.tasks.files import last_boxed, load_hub, load_jsonl
+from sftrl.data.tasks.rgym import load_rgym
 
 STEP = re.compile(r"^(-?\d+)([+\-*])(-?\d+)=(-?\d+)$")
 
@@ -268,7 +268,7 @@ def test_hub_fails_fast(monkeypatch, offline_env):
     if offline_env:
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = build_config({}, ["task.name=hf:openai/gsm8k:main"])
-    import sftrl.models  # noqa: F401  (torch's import time is not what is timed here)
+    import sftrl.lm.models  # noqa: F401  (torch's import time is not what is timed here)
     t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"^cannot reach the Hugging Face hub for 'openai/gsm8k' \(offline\?\); "
                                          r"download it as JSONL and use jsonl:<path>$"):
@@ -279,8 +279,8 @@ def test_hub_fails_fast(monkeypatch, offline_env):
 def test_hub_rows_through_datasets(tmp_path, monkeypatch):
     """The hf: path with a real `datasets.load_dataset` on a local folder (the hub check aside)."""
     import datasets
-    import sftrl.models
-    monkeypatch.setattr(sftrl.models, "hub_reachable", lambda timeout=3.0: True)
+    import sftrl.lm.models
+    monkeypatch.setattr(sftrl.lm.models, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     folder = tmp_path / "ds"
     folder.mkdir()

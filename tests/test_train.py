@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl.batches import ProblemStream, demo_batch
+from sftrl.data.streams import ProblemStream, demo_batch
 from sftrl.cli import main
-from sftrl.config import TinyModelConfig, build_config
-from sftrl.models import build_char_tokenizer, tiny_model
-from sftrl.optim import make_optimizer
-from sftrl.tasks.arith import generate
-from sftrl.train import fit, sft_step
+from sftrl.config import build_config
+from sftrl.config.schema import TinyModelConfig
+from sftrl.lm.models import build_char_tokenizer, tiny_model
+from sftrl.train.optim import make_optimizer
+from sftrl.data.tasks.arith import generate
+from sftrl.train.fit import fit, sft_step
 
 import numpy as np
 

@@ -14,10 +14,10 @@ from torch.testing import assert_close
 
 trl = pytest.importorskip("trl")
 
-from sftrl.algos import ADVANTAGES, KL, SURROGATES, WEIGHTINGS  # noqa: E402
-from sftrl.config import TinyModelConfig  # noqa: E402
-from sftrl.logprobs import token_logp_and_entropy  # noqa: E402
-from sftrl.models import build_char_tokenizer, save_policy, tiny_model  # noqa: E402
+from sftrl.algos.policy import ADVANTAGES, KL, SURROGATES, WEIGHTINGS  # noqa: E402
+from sftrl.config.schema import TinyModelConfig  # noqa: E402
+from sftrl.lm.logprobs import token_logp_and_entropy  # noqa: E402
+from sftrl.lm.models import build_char_tokenizer, save_policy, tiny_model  # noqa: E402
 
 OURS = {"grpo": ("seq_mean_token_mean", {}), "dapo": ("token_mean", {}),
         "dr_grpo": ("const_len", {"max_len": 6})}

@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sftrl.registry import RegistryError
-from sftrl.tasks.base import Problem
-from sftrl.verify import (REWARDS, extract, extract_flexible, extract_strict, is_correct, is_equiv,
-                          resolve_reward, to_number)
+from sftrl.data.tasks.base import Problem
+from sftrl.data.rewards import REWARDS, resolve_reward
+from sftrl.data.verify import extract, extract_flexible, extract_strict, is_correct, is_equiv, to_number
 
 
 @pytest.mark.parametrize("text, strict, flexible", [

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from sftrl import verify, verify_worker
-from sftrl.tasks.base import Problem
-from sftrl.verify import (REWARDS, TAIL, extract_flexible, extract_strict, is_correct, is_equiv,
-                          score_batch, to_number)
+from sftrl.data import verify, verify_worker
+from sftrl.data.tasks.base import Problem
+from sftrl.data.rewards import REWARDS
+from sftrl.data.verify import TAIL, extract_flexible, extract_strict, is_correct, is_equiv, score_batch, to_number
 
 RUNS: Counter = Counter()
 """Examples actually run, per fuzz test (counted inside the test bodies, so shrinking and

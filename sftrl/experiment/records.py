@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from sftrl import runlog, yamlio
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Run:
 
     def samples(self, kind: str | None = None) -> list[dict]:
         """samples.jsonl records (read on demand: they can be large), optionally of one kind."""
-        return [r for r in _jsonl(self.path / "samples.jsonl", self.warnings) if kind is None or r.get("kind") == kind]
+        return [r for r in runlog.read_jsonl(self.path / runlog.SAMPLES, self.warnings)
+                if kind is None or r.get("kind") == kind]
 
 
 @dataclass
@@ -64,32 +66,6 @@ class Experiment:
                       key=lambda r: r.seed)
 
 
-def _jsonl(path: Path, warnings: list) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    lines = path.read_text(errors="replace").splitlines()
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            out.append(record)
-        else:
-            warnings.append(f"{path}:{i + 1}: unreadable line skipped (torn write?)")
-    return out
-
-
-def _json(path: Path):
-    """A JSON object file, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _columns(records: list[dict]) -> tuple[np.ndarray, dict, list]:
     steps = np.array([r.get("step", i + 1) for i, r in enumerate(records)], dtype=float)
     keys = {k for r in records for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -102,21 +78,8 @@ def _columns(records: list[dict]) -> tuple[np.ndarray, dict, list]:
 def load_run(path: Path, run_id: str, method: str | None = None, params: dict | None = None,
              seed: int | None = None) -> Run:
     warnings: list = []
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    except (OSError, yaml.YAMLError):
-        config = None
-    config = config if isinstance(config, dict) else {}
-    final = _json(path / "final.json")
-    if (path / "DONE").exists() and final is not None:
-        status, error = "done", None
-    elif (path / "DONE").exists():
-        status, error = "failed", "final.json is missing or unreadable"
-    elif (path / "ERROR").is_file():
-        status = "failed"
-        error = ((path / "ERROR").read_text().splitlines() or ["(empty ERROR file)"])[0]
-    else:
-        status, error = "incomplete", "no DONE: the run did not finish"
+    config = runlog.read_config(path)
+    status, error, final = runlog.run_status(path)
     run = Run(run_id=run_id, path=path, method=method or config.get("name") or run_id, params=params or {},
               base_method=method or config.get("name") or run_id,
               seed=int(seed if seed is not None else config.get("seed", 0)), status=status, error=error,
@@ -124,9 +87,9 @@ def load_run(path: Path, run_id: str, method: str | None = None, params: dict | 
     if status != "done":
         return run
     run.final = final
-    run.provenance = _json(path / "provenance.json") or {}
-    run.steps, run.metrics, run.phases = _columns(_jsonl(path / "metrics.jsonl", warnings))
-    run.evals = _jsonl(path / "eval.jsonl", warnings)
+    run.provenance = runlog.read_json(path / runlog.PROVENANCE) or {}
+    run.steps, run.metrics, run.phases = _columns(runlog.read_jsonl(path / runlog.METRICS, warnings))
+    run.evals = runlog.read_jsonl(path / runlog.EVAL, warnings)
     return run
 
 
@@ -136,7 +99,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory; give an experiment directory (sftrl sweep/study --out)")
     manifest = path / "sweep.json"
-    study = yaml.safe_load((path / "study.yaml").read_text()) if (path / "study.yaml").is_file() else None
+    study = yamlio.load((path / "study.yaml").read_text()) if (path / "study.yaml").is_file() else None
     if manifest.is_file():
         m = json.loads(manifest.read_text())
         runs = [load_run(path / r["dir"], r["run_id"], r["method"], r["params"], r["seed"]) for r in m["runs"]]
@@ -153,7 +116,7 @@ def load_experiment(path: str | Path) -> Experiment:
                           baseline=m.get("baseline"), methods=methods,
                           grid=m.get("grid") or {}, sensitivity=sens, seeds=list(m.get("seeds") or []),
                           runs=runs, study=study)
-    dirs = sorted(p.parent for p in path.rglob("config.yaml") if "checkpoints" not in p.parts)
+    dirs = sorted(p.parent for p in path.rglob(runlog.CONFIG) if runlog.CHECKPOINTS not in p.parts)
     if not dirs:
         raise ValueError(f"{path} holds no run directories (no config.yaml below it)")
     runs = [load_run(d, d.relative_to(path).as_posix()) for d in dirs]

@@ -15,7 +15,6 @@ the same runs give the same report.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import warnings
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sftrl.experiment import plots, stats
+from sftrl.experiment.doc import Doc, fmt, fmt_p
 from sftrl.experiment.records import Experiment, Run, flatten, load_experiment
 from sftrl.experiment.sensitivity import sensitivity
 from sftrl.runlog import atomic_write_text
@@ -35,54 +35,6 @@ CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss
           "sft/routed_frac")
 IGNORE = ("seed", "threads", "log.progress", "name")
 REPS = 2000
-
-
-def _f(v, nd=3) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    return f"{v:.{nd}f}" if isinstance(v, (float, np.floating)) else str(v)
-
-
-def _p(v) -> str:
-    if v is None or not np.isfinite(v):
-        return "–"
-    return f"{v:.3g}"
-
-
-class Doc:
-    """Builds the HTML and Markdown bodies side by side; figures go inline (HTML) and to files (MD)."""
-
-    def __init__(self, fig_dir: Path):
-        self.html: list[str] = []
-        self.md: list[str] = []
-        self.fig_dir = fig_dir
-        self.figures: dict[str, bytes] = {}
-
-    def section(self, sid: str, title: str) -> None:
-        self.html.append(f'<section id="{sid}"><h2>{html.escape(title)}</h2>')
-        self.md.append(f"\n## {title}\n")
-
-    def end(self) -> None:
-        self.html.append("</section>")
-
-    def text(self, s: str) -> None:
-        self.html.append(f"<p>{html.escape(s)}</p>")
-        self.md.append(s + "\n\n")
-
-    def table(self, header: list[str], rows: list[list]) -> None:
-        h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-        self.html.append(f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>")
-        esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
-        self.md.append("\n| " + " | ".join(map(esc, header)) + " |\n|" + "---|" * len(header) + "\n" +
-                       "".join("| " + " | ".join(map(esc, r)) + " |\n" for r in rows) + "\n")
-
-    def figure(self, name: str, png: bytes, caption: str) -> None:
-        self.figures[name] = png
-        b64 = base64.b64encode(png).decode()
-        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        self.md.append(f"![{caption}](figures/{name}.png)\n\n")
 
 
 # -- data helpers -------------------------------------------------------------------------------------
@@ -136,8 +88,8 @@ def _summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) 
             continue
         sm = stats.summarize(vals, rng, reps=REPS)
         summaries[m] = (seeds, vals, sm)
-        rows.append([m, sm["n"], _f(sm["mean"]), f"[{_f(sm['ci_low'])}, {_f(sm['ci_high'])}]", _f(sm["iqm"]),
-                     _f(sm["std"]), ", ".join(f"s{s}: {_f(v)}" for s, v in zip(seeds, vals))])
+        rows.append([m, sm["n"], fmt(sm["mean"]), f"[{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]", fmt(sm["iqm"]),
+                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals))])
     doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values"], rows)
     other = sorted({k for r in exp.done for k in r.final if k.startswith("eval/") and k != metric
                     and (k.endswith("/acc_strict") or "@" in k.rsplit("/", 1)[-1])})
@@ -149,7 +101,7 @@ def _summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) 
                 _, vals = _values(exp.method_runs(m), k)
                 if len(vals):
                     sm = stats.summarize(vals, rng, reps=REPS)
-                    row.append(f"{_f(sm['mean'])} [{_f(sm['ci_low'])}, {_f(sm['ci_high'])}]")
+                    row.append(f"{fmt(sm['mean'])} [{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]")
                 else:
                     row.append("–")
             rows.append(row)
@@ -182,8 +134,8 @@ def _comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summarie
     adj = stats.holm([r[2]["welch_p"] for r in tested]) if tested else []
     rows = []
     for (m, n, d), p_adj in zip(tested, adj):
-        rows.append([m, n, _f(d["mean"]), f"[{_f(d['ci_low'])}, {_f(d['ci_high'])}]", _f(d["prob_improvement"], 2),
-                     _p(d["welch_p"]), _p(d["mannwhitney_p"]), _p(d["paired_t_p"]), _p(p_adj)])
+        rows.append([m, n, fmt(d["mean"]), f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]", fmt(d["prob_improvement"], 2),
+                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj)])
     rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", ""] for m, n, d in results if d is None]
     doc.text(f"Differences are method minus {baseline} on the same seed (same warm start, data order and "
              f"initialisation), with a bootstrap CI over seeds; P(improvement) is the probability that a run "
@@ -222,7 +174,7 @@ def _sensitivity_section(doc: Doc, exp: Experiment, metric: str, rng) -> None:
         res = sensitivity(groups, rng, reps=REPS)
         doc.text(f"{method}: {key} — {res['reading']}")
         doc.table(["value", "n", f"mean {metric}", "95% CI", "std"],
-                  [[r["value"], r["n"], _f(r["mean"]), f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]", _f(r["std"])]
+                  [[r["value"], r["n"], fmt(r["mean"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", fmt(r["std"])]
                    for r in res["rows"]])
         rows = res["rows"]
         doc.figure(f"sensitivity_{i}", plots.errorbars(

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from sftrl.experiment import executors
-from sftrl.experiment.sweep import SweepError, run_sweep
+from sftrl import yamlio
+from sftrl.experiment.progress import ProgressDisplay
+from sftrl.experiment.spec import SweepError
+from sftrl.experiment.sweep import run_sweep
 from sftrl.registry import did_you_mean
 from sftrl.runlog import atomic_write_text
 
@@ -172,7 +174,7 @@ def load_study(name_or_path: str | None) -> dict:
         else:
             raise StudyError(f"unknown study {name!r}; {did_you_mean(name, STUDIES)} (or give a study "
                              f"YAML file, e.g. configs/studies/real-smollm2.yaml)")
-    data = yaml.safe_load(path.read_text())
+    data = yamlio.load(path.read_text())
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study is a mapping of keys ({', '.join(DEFAULT)})")
     unknown = [k for k in data if k not in DEFAULT]
@@ -208,7 +210,7 @@ def run_study(spec: dict, out_dir: str | Path | None = None, *, workers=None, pr
     exp.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp / "base.yaml", yaml.safe_dump(spec["base"], sort_keys=False))
     atomic_write_text(exp / "study.yaml", yaml.safe_dump(spec, sort_keys=False))
-    show = (lambda name: executors.ProgressDisplay(name)) if progress else (lambda name: None)
+    show = (lambda name: ProgressDisplay(name)) if progress else (lambda name: None)
     try:
         warm = run_sweep(warm_sweep(spec, exp), exp / "warm", executor=executor, address=address,
                          workers=workers, progress=show(f"{spec['name']}: warm start"))
@@ -229,20 +231,16 @@ def run_study(spec: dict, out_dir: str | Path | None = None, *, workers=None, pr
 def results_table(exp: Path, metric: str, seed: int = 0) -> str:
     """Per method (no swept parameters): n, mean, 95% bootstrap CI over seeds, IQM, std, as a
     Markdown table; runs without DONE are not counted."""
-    import json
-
     import numpy as np
 
     from sftrl.experiment import stats
-    manifest = json.loads((exp / "sweep.json").read_text())
-    values: dict[str, list[float]] = {m: [] for m in manifest["methods"]}
-    for run in manifest["runs"]:
-        final = exp / run["dir"] / "final.json"
-        if run["params"] or not (exp / run["dir"] / "DONE").exists() or not final.exists():
-            continue
-        v = json.loads(final.read_text()).get(metric)
-        if v is not None:
-            values[run["method"]].append(float(v))
+    from sftrl.experiment.records import load_experiment
+    loaded = load_experiment(exp)
+    values: dict[str, list[float]] = {m: [] for m in dict.fromkeys(r.base_method for r in loaded.runs)}
+    for run in loaded.done:
+        v = run.final.get(metric)
+        if not run.params and v is not None:
+            values[run.base_method].append(float(v))
     rng = np.random.default_rng(seed)
     rows = [f"| method | n | mean {metric} | 95% CI | IQM | std |", "|---|---|---|---|---|---|"]
     for method, vals in values.items():
