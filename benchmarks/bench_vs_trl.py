@@ -45,25 +45,26 @@ def peak_mb() -> float:
 
 def run_ours(model_dir: str, steps: int, threads: int) -> dict:
     import copy
+    from dataclasses import replace
 
     import torch
     from sftrl.config import build_config
-    from sftrl.train.rl_step import rl_step
     from sftrl.runlog import RunDir
-    from sftrl.train.fit import Session, quiet_libraries
+    from sftrl.train.fit import Session, quiet_libraries, run_rl_step
     quiet_libraries()
     torch.set_num_threads(threads)
     cfg = build_config({"phases": [{"kind": "rl", "steps": steps}]}, [
         f"model.name={model_dir}", "rl.algo.preset=grpo", f"rl.algo.kl.coef={BETA}",
         f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}",
         f"rl.rollout.max_new_tokens={MAX_NEW}", "rl.optim.lr=1e-5", "task.train_size=2000"])
-    s = Session(cfg, RunDir(tempfile.mkdtemp()))
-    s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
+    s = Session.build(cfg, RunDir(tempfile.mkdtemp()))
+    s.policy = replace(s.policy, ref=copy.deepcopy(s.model).eval().requires_grad_(False))
     times, parts = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        m = rl_step(s)
-        s.step += 1
+        m = run_rl_step(s)
+        s.state.step += 1
+        s.state.kind_steps["rl"] = s.state.kind_steps.get("rl", 0) + 1
         times.append(time.perf_counter() - t0)
         parts.append({k: m[k] for k in ("time/rollout", "time/logp_ref", "time/update", "rollout/len_mean")})
     return {"side": "sftrl", "step_s": times, "parts": parts, "peak_rss_mb": peak_mb()}

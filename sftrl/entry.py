@@ -89,10 +89,9 @@ def cmd_eval(a) -> int:
     data = load_yaml(run / "config.yaml")
     cfg = build_config(data, [f"model.name={(run / 'model').resolve()}", *a.overrides])
     from sftrl.runlog import RunDir
-    from sftrl.train.fit import Session, quiet_libraries
+    from sftrl.train.fit import Session, evaluate_all, quiet_libraries
     quiet_libraries()
-    s = Session(cfg, RunDir(run))
-    metrics, _ = s.evaluate_all()
+    metrics, _ = evaluate_all(Session.build(cfg, RunDir(run)))
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))
     return 0
 

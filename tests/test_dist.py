@@ -20,7 +20,8 @@ from sftrl.parallel import dist
 from sftrl.data.streams import demo_batch
 from sftrl.config.schema import TinyModelConfig
 from sftrl.lm.models import build_char_tokenizer, tiny_model
-from sftrl.train.fit import sft_step
+from sftrl.train.optim import Update
+from sftrl.train.sft_step import sft_step
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [5, 3, 7, 2, 6, 4]
@@ -43,7 +44,7 @@ def _sft_update(rank: int, world: int, init: str, out: str) -> None:
     batch = demo_batch(tok, [prompts[i] for i in rows], [targets[i] for i in rows], max_len=64, device="cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    m = sft_step(model, opt, sched, batch, micro_batch_size=2, grad_clip=1.0)
+    m = sft_step(model, Update(opt, sched, 1.0, "a test step"), batch, micro_batch_size=2)
     # the collectives of the RL step, on hand-built tensors
     local_rows = torch.tensor(rows)
     full_mask = _mask(LENGTHS, 8)

@@ -24,7 +24,9 @@ from sftrl.train import forward
 from sftrl.data.streams import demo_batch
 from sftrl.config.schema import LoraConfig, TinyModelConfig
 from sftrl.lm.models import add_lora, build_char_tokenizer, shard, tiny_model
-from sftrl.train.fit import clip_and_step, frozen_reference, sft_step
+from sftrl.train.optim import Update, clip_and_step
+from sftrl.train.session import frozen_reference
+from sftrl.train.sft_step import sft_step
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-4
@@ -51,7 +53,7 @@ def _sft(tok, lora: bool, clip: float) -> dict:
     batch = demo_batch(tok, [PROMPTS[i] for i in rows], [TARGETS[i] for i in rows], max_len=64, device="cpu")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, eps=EPS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    m = sft_step(model, opt, sched, batch, micro_batch_size=2, grad_clip=clip)
+    m = sft_step(model, Update(opt, sched, clip, "a test step"), batch, micro_batch_size=2)
     return {"loss": m["loss/sft"], "norm": m["grad/norm"], "clip": clip, "params": sharding.full_state_dict(model)}
 
 

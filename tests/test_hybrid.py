@@ -17,7 +17,9 @@ from sftrl.train.rl_step import rl_step
 from sftrl.batch import Rollout
 from sftrl.runlog import RunDir
 from sftrl.data.tasks.base import Problem
-from sftrl.train.fit import Session, fit, sft_step
+from sftrl.train.fit import Session, buffer_step, fit, run_rl_step
+from sftrl.train.optim import Update
+from sftrl.train.sft_step import sft_step
 
 EASY = ["task.kwargs={min_ops: 1, max_ops: 1, max_operand: 9, operators: '+'}", "task.train_size=60",
         "task.test_size=4"]
@@ -37,7 +39,7 @@ def warm(tmp_path_factory):
 
 def session(tmp_path, warm, overrides):
     cfg = build_config({"phases": [{"kind": "rl", "steps": 4}]}, SMALL + [f"model.name={warm}"] + overrides)
-    return Session(cfg, RunDir(tmp_path))
+    return Session.build(cfg, RunDir(tmp_path))
 
 
 # -- routing rules ------------------------------------------------------------------------------
@@ -85,12 +87,13 @@ def test_buffer_is_lifo_and_fires_exactly_at_its_trigger():
 def test_relift_buffer_fires_at_its_trigger_and_trains_only_on_buffered_problems(tmp_path, warm):
     s = session(tmp_path, warm, ["rl.algo.preset=relift", "rl.hybrid.buffer_trigger=3"])
     trained = []
-    real = s.run_buffer_step
-    s.run_buffer_step = lambda problems: (trained.append([p.id for p in problems]), real(problems))[1]
+    record = lambda problems: (trained.append([p.id for p in problems]), buffer_step(s, problems))[1]  # noqa: E731
     fired = 0
     for _ in range(4):
-        waiting = list(s.buffer.items)
-        m = rl_step(s)
+        waiting = list(s.state.buffer.items)
+        m, _, s.last_groups = rl_step(s.policy, s.optims.update("rl", s.cfg.rl.optim, what="rl"), s.streams,
+                                      s.cfg.rl, s.algo, s.state.entropy_ctl, 0, s.rngs.sample)
+        m.update(s.state.buffer.step(s.last_groups.routed, record))
         waiting = s.last_groups.routed + waiting                   # LIFO: this step's first
         assert [p.id for p in s.last_groups.routed] == [p.id for p in s.last_groups.problems
                                                           if p.id in {q.id for q in s.last_groups.routed}]
@@ -98,10 +101,10 @@ def test_relift_buffer_fires_at_its_trigger_and_trains_only_on_buffered_problems
             fired += 1
             assert trained[-1] == [p.id for p in waiting[:3]]      # exactly the 3 newest buffered problems
             assert m["sft/buffer_problems"] == 3 and m["sft/buffer_steps"] == 1
-            assert [p.id for p in s.buffer.items] == [p.id for p in waiting[3:]]
+            assert [p.id for p in s.state.buffer.items] == [p.id for p in waiting[3:]]
         else:
-            assert "sft/buffer_problems" not in m and [p.id for p in s.buffer.items] == [p.id for p in waiting]
-        assert len(trained) == fired and m["sft/triggers"] == fired and m["sft/buffer_size"] == len(s.buffer.items)
+            assert "sft/buffer_problems" not in m and [p.id for p in s.state.buffer.items] == [p.id for p in waiting]
+        assert len(trained) == fired and m["sft/triggers"] == fired and m["sft/buffer_size"] == len(s.state.buffer.items)
         assert m["rl/groups"] == 4                                 # ReLIFT keeps all-fail groups in RL
     assert fired >= 1
 
@@ -110,11 +113,11 @@ def test_buffer_step_is_one_sft_step_on_the_popped_problems(tmp_path, warm):
     s = session(tmp_path, warm, ["rl.algo.preset=relift", "rl.hybrid.buffer_lr=1e-3"])
     popped = s.train_problems[:5]
     ref_model = copy.deepcopy(s.model)
-    m = s.run_buffer_step(popped)
+    m = buffer_step(s, popped)
     opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    out = sft_step(ref_model, opt, sched, s.demos(popped), micro_batch_size=s.cfg.rl.micro_batch_size,
-                   grad_clip=1.0, entropy_coef=1e-3)
+    out = sft_step(ref_model, Update(opt, sched, 1.0, "a test step"), s.policy.demos(popped),
+                   micro_batch_size=s.cfg.rl.micro_batch_size, entropy_coef=1e-3)
     assert m["loss/sft_buffer"] == pytest.approx(out["loss/sft"], rel=1e-6)
     for a, b in zip(s.model.parameters(), ref_model.parameters()):
         assert_close(a, b, atol=1e-7, rtol=1e-6)
@@ -136,7 +139,7 @@ def test_luffy_shaping_value_and_gradient_by_hand():
 
 def test_srft_weights_by_hand():
     H = torch.tensor([[0.0], [math.log(2.0)]])
-    assert_close(hybrid.SFT_WEIGHTS["srft"](0, H, scale=0.5), torch.tensor([[0.5], [0.25]]))
+    assert_close(hybrid.SFT_ROW_WEIGHTS["srft"](H, scale=0.5), torch.tensor([[0.5], [0.25]]))
     acc = torch.tensor([[1.0], [0.0]])
     adv = torch.tensor([[0.3], [0.3]])
     w = hybrid.SELF_WEIGHTS["srft"](adv, acc, H, pos_scale=0.1, neg=-1.0)
@@ -147,18 +150,17 @@ def test_srft_weights_by_hand():
 
 @pytest.mark.parametrize("t, mu", [(0, 0.9), (100, 0.05 + 0.85 * 0.5), (200, 0.05), (500, 0.05)])
 def test_chord_mu_schedule(t, mu):
-    assert float(hybrid.SFT_WEIGHTS["chord_mu"](t, torch.zeros(1))) == pytest.approx(mu)
+    assert hybrid.SFT_SCHEDULES["chord_mu"](t) == pytest.approx(mu)
 
 
 def test_chord_mu_warmup_and_other_schedules():
-    z = torch.zeros(1)
-    assert float(hybrid.SFT_WEIGHTS["chord_mu"](50, z, peak=0.5, valley=0.02, warmup=200, decay=400)) == \
+    assert hybrid.SFT_SCHEDULES["chord_mu"](50, peak=0.5, valley=0.02, warmup=200, decay=400) == \
         pytest.approx(0.125)
-    assert float(hybrid.SFT_WEIGHTS["chord_mu"](400, z, peak=0.5, valley=0.02, warmup=200, decay=400)) == \
+    assert hybrid.SFT_SCHEDULES["chord_mu"](400, peak=0.5, valley=0.02, warmup=200, decay=400) == \
         pytest.approx(0.02 + 0.48 * 0.5)
-    assert float(hybrid.SFT_WEIGHTS["linear"](25, z, start=1.0, end=0.0, steps=100)) == pytest.approx(0.75)
-    assert float(hybrid.SFT_WEIGHTS["cosine"](50, z, start=1.0, end=0.0, steps=100)) == pytest.approx(0.5)
-    assert float(hybrid.SFT_WEIGHTS["constant"](7, z, value=0.3)) == pytest.approx(0.3)
+    assert hybrid.SFT_SCHEDULES["linear"](25, start=1.0, end=0.0, steps=100) == pytest.approx(0.75)
+    assert hybrid.SFT_SCHEDULES["cosine"](50, start=1.0, end=0.0, steps=100) == pytest.approx(0.5)
+    assert hybrid.SFT_SCHEDULES["constant"](7, value=0.3) == pytest.approx(0.3)
     p = torch.tensor([0.5, 0.9])
     assert_close(hybrid.TOKEN_WEIGHTS["phi"](p.log()), torch.tensor([0.25, 0.09]))
 
@@ -179,13 +181,15 @@ def _step_gradient(tmp_path, warm, overrides) -> list[torch.Tensor]:
     """The gradient an RL step applies (captured just before clipping and the optimiser step)."""
     s = session(tmp_path, warm, overrides + ["rl.optim.grad_clip=null"])
     grads = []
-    real = s.clip_and_step
+    update = s.optims.update("rl", s.cfg.rl.optim, what="rl step 1")
 
-    def capture(kind, clip):
-        grads.extend(p.grad.detach().clone() for p in s.model.parameters())
-        return real(kind, clip)
-    s.clip_and_step = capture
-    rl_step(s)
+    class Capture:                          # an update that records the gradient it applies
+        lr = update.lr
+
+        def __call__(self, model):
+            grads.extend(p.grad.detach().clone() for p in model.parameters())
+            return update(model)
+    rl_step(s.policy, Capture(), s.streams, s.cfg.rl, s.algo, s.state.entropy_ctl, 0, s.rngs.sample)
     return grads
 
 
@@ -207,7 +211,7 @@ def test_joint_loss_gradient_is_the_weighted_sum_of_the_parts(tmp_path, warm, mi
 def test_routing_sees_groups_that_dynamic_sampling_drops(tmp_path, warm):
     s = session(tmp_path, warm, ["rl.algo.preset=dapo", "rl.hybrid.route=all_fail",
                                  "rl.hybrid.replace_group=true", "rl.algo.max_gen_batches=3"])
-    m = rl_step(s)
+    m = run_rl_step(s)
     g = s.last_groups
     drawn = 4 * m["groups/gen_batches"]
     assert m["sft/routed_frac"] * drawn == len(g.routed) == m["sft/rows"]
@@ -220,7 +224,7 @@ def test_routing_sees_groups_that_dynamic_sampling_drops(tmp_path, warm):
 @pytest.mark.parametrize("preset", ["superrl", "hpt"])
 def test_replaced_groups_become_sft_rows(tmp_path, warm, preset):
     s = session(tmp_path, warm, [f"rl.algo.preset={preset}"])
-    m = rl_step(s)
+    m = run_rl_step(s)
     g = s.last_groups
     assert m["sft/rows"] == len(g.routed) and m["rl/groups"] == 4 - len(g.routed)
     assert all(g.sc.acc.sum(1) > 0)
@@ -228,7 +232,7 @@ def test_replaced_groups_become_sft_rows(tmp_path, warm, preset):
 
 def test_luffy_groups_hold_one_demonstration_that_is_correct(tmp_path, warm):
     s = session(tmp_path, warm, ["rl.algo.preset=luffy"])
-    m = rl_step(s)
+    m = run_rl_step(s)
     g = s.last_groups
     assert g.off.view(4, 4)[:, -1].all() and not g.off.view(4, 4)[:, :-1].any()
     assert (g.sc.acc.view(-1)[g.off] == 1).all()                # demonstrations verify as correct

@@ -12,7 +12,7 @@ from sftrl.lm import logprobs
 from sftrl.config import ConfigError, build_config
 from sftrl.lm.models import AdaptersOff, load_policy, save_policy
 from sftrl.runlog import RunDir
-from sftrl.train.fit import Session, fit
+from sftrl.train.fit import Session, fit, run_rl_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 LORA = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "threads=1", "eval.k=0",
@@ -28,13 +28,13 @@ def _logp(model, s):
 
 
 def test_lora_trains_adapters_only_and_the_reference_is_the_base(tmp_path):
-    s = Session(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path))
+    s = Session.build(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path))
     base = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad == ("lora_" in n) for n, p in s.model.named_parameters())
-    m1 = s.run_rl_step()
+    m1 = run_rl_step(s)
     assert isinstance(s.ref, AdaptersOff) and m1["policy/kl"] == 0.0     # adapters start at zero
-    m2 = s.run_rl_step()
+    m2 = run_rl_step(s)
     assert m2["policy/kl"] > 0 and m2["grad/norm"] > 0
     now = dict(s.model.named_parameters())
     assert all(torch.equal(now[n], p) for n, p in base.items())          # base weights frozen
@@ -49,10 +49,10 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base(tmp_path):
 def test_lora_run_saves_adapters_and_a_merged_policy(tmp_path):
     fit(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), tmp_path / "r")
     assert (tmp_path / "r" / "model" / "adapter" / "adapter_config.json").is_file()
-    s = Session(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path / "s"))
-    s.run_rl_step()
-    s.run_rl_step()
-    save_policy(s.model, s.tokenizer, tmp_path / "saved")
+    s = Session.build(build_config({"phases": [{"kind": "rl", "steps": 2}]}, LORA), RunDir(tmp_path / "s"))
+    run_rl_step(s)
+    run_rl_step(s)
+    save_policy(s.model, s.policy.tokenizer, tmp_path / "saved")
     merged, _ = load_policy(build_config({}, ["model.name=" + str(tmp_path / "saved")]).model, seed=0, device="cpu")
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert_close(_logp(merged, s), _logp(s.model, s), atol=1e-5, rtol=1e-5)   # merged == policy

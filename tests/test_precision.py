@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from dataclasses import replace
+
 from sftrl.lm import logprobs
 from sftrl.config import ConfigError, build_config
 from sftrl.runlog import RunDir
-from sftrl.train.fit import Session
+from sftrl.train.fit import Session, run_rl_step, run_sft_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 BASE = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "threads=1", "eval.k=0",
@@ -23,20 +25,20 @@ PHASES = {"phases": [{"kind": "sft", "steps": 1}, {"kind": "rl", "steps": 1}]}
 
 def _grads_after_steps(tmp_path, extra):
     """Gradients of one SFT and one RL step (the optimiser is stepped; grads kept by a hook)."""
-    s = Session(build_config(PHASES, BASE + extra), RunDir(tmp_path))
+    s = Session.build(build_config(PHASES, BASE + extra), RunDir(tmp_path))
     grads = {}
 
     def keep(kind):
         def hook(opt, *a, **k):
             grads[kind] = [p.grad.detach().clone() for p in s.model.parameters()]
         return hook
-    out = [s.run_sft_step()]
-    s.optimizers["sft"][0].register_step_pre_hook(keep("sft"))  # registered after the first step...
-    out.append(s.run_sft_step())                                  # ...so this one is recorded
-    s.kind_steps["sft"] = 2
-    s.needs_ref = True
-    s.optimizer("rl", s.cfg.rl.optim)[0].register_step_pre_hook(keep("rl"))
-    out.append(s.run_rl_step())
+    out = [run_sft_step(s)]
+    s.optims.made["sft"][0].register_step_pre_hook(keep("sft"))  # registered after the first step...
+    out.append(run_sft_step(s))                                  # ...so this one is recorded
+    s.state.kind_steps["sft"] = 2
+    s.algo = replace(s.algo, needs_ref=True)
+    s.optims.get("rl", s.cfg.rl.optim)[0].register_step_pre_hook(keep("rl"))
+    out.append(run_rl_step(s))
     return s, grads, out
 
 
@@ -73,7 +75,7 @@ def test_bf16_autocast_keeps_fp32_state_and_tracks_the_fp32_step(tmp_path):
     s16, g16, m16 = _grads_after_steps(tmp_path / "b", ["model.autocast=bf16"])
     assert all(p.dtype == torch.float32 for p in s16.model.parameters())
     assert all(g.dtype == torch.float32 for g in g16["rl"])
-    st = s16.optimizers["sft"][0].state
+    st = s16.optims.made["sft"][0].state
     assert all(v["exp_avg"].dtype == torch.float32 for v in st.values())
     # the SFT loss under bf16 matmuls: within bf16's ~3 significant digits of the fp32 loss
     assert m16[0]["loss/sft"] == pytest.approx(m32[0]["loss/sft"], rel=2e-2)
@@ -83,7 +85,7 @@ def test_bf16_autocast_keeps_fp32_state_and_tracks_the_fp32_step(tmp_path):
     assert cos > 0.99
     # inside the context the matmuls run in bf16, but log-probs and entropy come out in fp32
     ro = s16.last_groups.ro
-    with s16.precision():
+    with s16.policy.precision():
         logp, ent = logprobs.token_logp_and_entropy(s16.model, ro.input_ids, ro.attention_mask,
                                                     ro.prompt_ids.shape[1])
         h = s16.model.model.embed_tokens(ro.input_ids[:1])

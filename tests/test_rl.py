@@ -4,6 +4,7 @@ to end on the tiny model, and the metrics glossary."""
 import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,8 @@ from torch.testing import assert_close
 
 from sftrl.config import ConfigError, build_config
 from sftrl.registry import RegistryError
-from sftrl.train.rl_step import rl_step
 from sftrl.runlog import RunDir
-from sftrl.train.fit import Session, fit
+from sftrl.train.fit import Session, fit, run_rl_step
 
 PRESETS = ["grpo", "grpo_trl", "dr_grpo", "dapo", "rloo", "reinforce_pp"]
 SMALL = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "eval.k=2",
@@ -66,8 +66,8 @@ def test_rl_config_errors(override, message):
 def _session(tmp_path, overrides, micro=None):
     cfg = build_config({"phases": [{"kind": "rl", "steps": 1}]},
                        SMALL + overrides + [f"rl.micro_batch_size={micro if micro else 'null'}"])
-    s = Session(cfg, RunDir(tmp_path))
-    s.ref = copy.deepcopy(s.model).eval().requires_grad_(False)
+    s = Session.build(cfg, RunDir(tmp_path))
+    s.policy = replace(s.policy, ref=copy.deepcopy(s.model).eval().requires_grad_(False))
     return s
 
 
@@ -82,7 +82,7 @@ def test_micro_batching_does_not_change_an_rl_step(tmp_path, preset, mini):
         with torch.no_grad():                  # a perturbed policy so KL and ratios are not trivial
             for p in s.model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        metrics = rl_step(s)
+        metrics = run_rl_step(s)
         results.append((metrics, [p.detach().clone() for p in s.model.parameters()]))
     (m0, w0), (m1, w1) = results
     for key in ("loss/pg", "loss/total", "policy/kl", "policy/entropy", "grad/norm"):

