@@ -60,7 +60,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         saved.append(n[0])
     assert saved[1] < 0.5 * saved[0]
     # the checkpointed forward is the model's own, the plain one runs the layers directly
-    # (sftrl.decoder): the same numbers up to float32 rounding
+    # (sftrl.lm.decoder): the same numbers up to float32 rounding
     for kind in ("sft", "rl"):
         for a, b in zip(g_plain[kind], g_ckpt[kind]):
             assert (a - b).abs().max() <= 1e-5 * b.abs().max()

@@ -2,7 +2,7 @@
 
 Owns: the registries `ADVANTAGES`, `SURROGATES`, `WEIGHTINGS`, `KL` and the DAPO overlong
 penalty. Every function is a plain function of tensors with keyword-only hyperparameters; named
-methods are presets over these (sftrl.config_rl). Entropy controllers and token filters live in
+methods are presets over these (sftrl.config.rl). Entropy controllers and token filters live in
 `sftrl.entropy`. Dims: P prompts, G group size, N = P*G rows (prompt-major), T completion tokens.
 Sources are ALGORITHMS.md sections (§) of the specification.
 """

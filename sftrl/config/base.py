@@ -1,7 +1,6 @@
 """Base pieces shared by every config section: the frozen model base, the error type, optimiser settings.
 
-Kept apart from `sftrl.config` so RL and hybrid sections (`sftrl.config_rl`) can use them
-without an import cycle.
+Kept apart from the sections so both `sftrl.config.schema` and `sftrl.config.rl` can use them.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class RolloutConfig(Frozen):
 
 
 class RewardSpec(Frozen):
-    name: str = Field(description="A name in sftrl.verify.REWARDS or a custom 'module:function'.")
+    name: str = Field(description="A name in sftrl.data.rewards.REWARDS or a custom 'module:function'.")
     weight: float = Field(1.0, description="Weight of this reward in the scalar sum.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword hyperparameters of the reward.")
 
@@ -76,7 +76,7 @@ class KLConfig(Frozen):
 
 
 class EntropyConfig(Frozen):
-    mode: str | None = Field(None, description="Controller in sftrl.entropy.ENTROPY: off | constant "
+    mode: str | None = Field(None, description="Controller in sftrl.algos.entropy.ENTROPY: off | constant "
                              "| scheduled | adaptive. None = from preset.")
     kwargs: dict[str, Any] | None = Field(None, description="Controller settings, e.g. {coef: 0.001} "
                                           "or {target: 0.2, delta: 1e-4, max_coef: 5e-3}.")
@@ -117,8 +117,9 @@ class HybridConfig(Frozen):
         "of `stream_size` demonstrations every step (CHORD's expert stream).")
     stream_size: int | None = Field(None, ge=1, description="Demonstrations per step from the "
                                     "expert stream (None = prompts_per_step x group_size / 4, CHORD's 20% share).")
-    weight: str | None = Field(None, description="SFT weight lambda(t) (hybrid.SFT_WEIGHTS): constant "
-                               "| linear | cosine | chord_mu | srft (entropy-aware, per sequence).")
+    weight: str | None = Field(None, description="SFT weight: a schedule lambda(t) (algos.hybrid.SFT_SCHEDULES: "
+                               "constant | linear | cosine | chord_mu) or per-row weights "
+                               "(algos.hybrid.SFT_ROW_WEIGHTS: srft, entropy-aware, per sequence).")
     weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {value: 0.1} or {peak: 0.9, "
                                                  "valley: 0.05, warmup: 0, decay: 200}.")
     mix: Literal["sum", "convex"] | None = Field(None, description="sum: L_RL + lambda L_SFT; convex: "

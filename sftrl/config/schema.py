@@ -76,7 +76,7 @@ class TaskConfig(Frozen):
     test_size: int | None = Field(300, ge=1, description="Held-out problems for evaluation.")
     seed: int = Field(1234, description="Seed of the data itself: fixed across run seeds so every "
                       "run sees the same train and test problems.")
-    template: str = Field("plain", description="Prompt template from sftrl.tasks.prompts.TEMPLATES.")
+    template: str = Field("plain", description="Prompt template from sftrl.data.tasks.prompts.TEMPLATES.")
     label: str | None = Field(None, description="Name used in metric keys; None = derived from name.")
 
     @field_validator("name")

@@ -1,13 +1,14 @@
 """The report's document builder: HTML and Markdown bodies written side by side.
 
 Owns: `Doc` (sections, paragraphs, tables, figures: inline PNG in the HTML, files beside the
-Markdown) and the number formats `fmt` and `fmt_p`. What the sections say is `report.py`.
+Markdown), the number formats `fmt` and `fmt_p`, and `label` (a config value as text). What the sections say is `report.py`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,7 @@ class Doc:
         self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         self.md.append(f"![{caption}](figures/{name}.png)\n\n")
+
+
+def label(v) -> str:
+    return json.dumps(v, separators=(",", ":"), sort_keys=True) if isinstance(v, (dict, list)) else str(v)

@@ -125,6 +125,26 @@ def load_experiment(path: str | Path) -> Experiment:
                       sensitivity=[], seeds=sorted({r.seed for r in runs}), runs=runs, study=study)
 
 
+# -- data helpers -------------------------------------------------------------------------------------
+def final_value(run: Run, key: str):
+    v = run.final.get(key)
+    return float(v) if isinstance(v, (int, float)) and v is not None else None
+
+
+def final_values(runs: list[Run], key: str) -> tuple[list[int], np.ndarray]:
+    pairs = [(r.seed, final_value(r, key)) for r in runs if final_value(r, key) is not None]
+    return [s for s, _ in pairs], np.array([v for _, v in pairs], dtype=float)
+
+
+def config_at(tree: dict, key: str):
+    """Value at a dotted key of a nested config (None when absent)."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
 def grid_label(method: str, params: dict) -> str:
     return method + " [" + ", ".join(f"{k.rsplit('.', 1)[-1]}={json.dumps(v)}" for k, v in params.items()) + "]"
 

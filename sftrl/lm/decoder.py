@@ -4,7 +4,7 @@ Owns: recognising a decoder whose layers we can call directly (`parts`), one dec
 a block of positions (`layer`), and `completion_hidden`, the training forward over prompt +
 completion rows in which each distinct prompt is computed once.
 
-Used by the rollout's decode loop (sftrl.rollout) and by the log-prob forward (sftrl.logprobs).
+Used by the rollout's decode loop (sftrl.lm.rollout) and by the log-prob forward (sftrl.lm.logprobs).
 Both call the model's own modules (norms, projections, MLP activation, rotary embedding), so
 they compute what `model(...)` computes, for Llama, SmolLM2 and Qwen2 (grouped-query attention,
 q/k/v biases), plain or LoRA-wrapped; anything else is left to `model(...)`.

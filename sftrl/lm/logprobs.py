@@ -38,9 +38,9 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _hidden(model, decoder, input_ids, attention_mask, pos, completion_start: int) -> torch.Tensor:
     """Hidden states after the final norm at positions completion_start-1 .. L-2 [N, T, H]. A
-    sharded model is called through its root, whose hooks gather the weights (`sftrl.sharding`;
+    sharded model is called through its root, whose hooks gather the weights (`sftrl.parallel.sharding`;
     its own lm head scores one position); a Llama-style one runs layer by layer with each distinct
-    prompt once (`sftrl.decoder`); any other through its decoder."""
+    prompt once (`sftrl.lm.decoder`); any other through its decoder."""
     mask = attention_mask.long()
     if sharding.is_sharded(model):
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,

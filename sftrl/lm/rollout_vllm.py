@@ -2,7 +2,7 @@
 
 Owns: `VLLMSampler`, which holds a `vllm.LLM` on the policy's GPU, pushes the policy's current
 weights into it before each rollout (`sync`, merged adapters for LoRA), and returns the same
-`Rollout` that `sftrl.rollout.sample` returns: prompt-major rows, left-padded prompts, EOS kept in
+`Rollout` that `sftrl.lm.rollout.sample` returns: prompt-major rows, left-padded prompts, EOS kept in
 the completion, truncation flags.
 
 Sampler/learner mismatch: vLLM's kernels give slightly different log-probs than the training

@@ -9,7 +9,7 @@ multi-process step compute exactly the single-process objective on the same glob
 - gradients are summed across ranks before clipping (`sum_gradients`), so every rank applies
   the same update to the same weights (replicated data parallelism; the optimiser state stays
   replicated too). With dist.strategy=fsdp the weights, gradients and optimiser state are sharded
-  instead, and the gradient sum happens in backward (`sftrl.sharding`).
+  instead, and the gradient sum happens in backward (`sftrl.parallel.sharding`).
 With one process every function here is the identity, so single-process runs are unchanged.
 """
 
@@ -46,7 +46,7 @@ def init_from_env(device: torch.device) -> None:
 def launcher_overrides(env: dict) -> list[str]:
     """Config overrides the launcher asks for: `accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true)
     means dist.strategy=fsdp. Accelerate's other FSDP_* settings are not read: sharding here is
-    always one group per decoder layer plus the root (`sftrl.sharding`)."""
+    always one group per decoder layer plus the root (`sftrl.parallel.sharding`)."""
     return ["dist.strategy=fsdp"] if env.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1") else []
 
 

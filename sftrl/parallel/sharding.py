@@ -3,7 +3,7 @@ parameter, gradient and AdamW moment instead of a full copy.
 
 Owns: sharding a policy (`shard_model`), full weights for generation (`full_weights`), full state
 dicts for checkpoints and the saved model, and `matched`, which keeps every rank's number of
-forward/backward passes equal. The objective is the replicated one (`sftrl.dist`): each rank's
+forward/backward passes equal. The objective is the replicated one (`sftrl.parallel.dist`): each rank's
 loss is its share of the global sum, so gradients are *summed* over ranks (FSDP2 averages by
 default; the divide factor is set to 1 here) and clipping sees the global norm of the shards.
 

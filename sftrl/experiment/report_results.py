@@ -1,0 +1,142 @@
+"""The report's statistical sections: per-method summary, paired comparisons with a baseline, and
+sensitivity to every swept hyperparameter.
+
+Owns: `summary`, `comparisons`, `sensitivity_section`, `headline_metric` and `REPS`. Every
+statistic is drawn from the one generator `write_report` passes in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sftrl.experiment import plots, stats
+from sftrl.experiment.doc import Doc, fmt, fmt_p, label
+from sftrl.experiment.records import Experiment, config_at, final_values
+from sftrl.experiment.sensitivity import sensitivity
+
+REPS = 2000
+"""Bootstrap resamples behind every interval of the report."""
+
+
+def headline_metric(exp: Experiment, metric: str | None) -> str:
+    if metric:
+        return metric
+    if exp.metric:
+        return exp.metric
+    keys = sorted({k for r in exp.done for k in r.final if k.endswith("/acc_strict")})
+    return keys[0] if keys else "eval/arith/acc_strict"
+
+
+# -- sections -----------------------------------------------------------------------------------------
+def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -> dict:
+    doc.section("summary", "Summary")
+    if question:
+        doc.text(f"Question: {question}")
+    counts = {s: sum(r.status == s for r in exp.runs) for s in ("done", "failed", "incomplete")}
+    doc.text(f"Experiment {exp.name}: {len(exp.runs)} runs ({counts['done']} done, {counts['failed']} failed, "
+             f"{counts['incomplete']} unfinished); methods: {', '.join(exp.methods)}; seeds: "
+             f"{', '.join(map(str, exp.seeds))}. Headline metric: {metric} (final evaluation). Intervals are "
+             f"95% percentile bootstrap CIs over seeds ({REPS} resamples); IQM is the 25% trimmed mean.")
+    rows, summaries = [], {}
+    for m in exp.methods:
+        seeds, vals = final_values(exp.method_runs(m), metric)
+        if not len(vals):
+            rows.append([m, 0, "–", "–", "–", "–", ""])
+            continue
+        sm = stats.summarize(vals, rng, reps=REPS)
+        summaries[m] = (seeds, vals, sm)
+        rows.append([m, sm["n"], fmt(sm["mean"]), f"[{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]", fmt(sm["iqm"]),
+                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals))])
+    doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values"], rows)
+    other = sorted({k for r in exp.done for k in r.final if k.startswith("eval/") and k != metric
+                    and (k.endswith("/acc_strict") or "@" in k.rsplit("/", 1)[-1])})
+    if other:
+        rows = []
+        for m in exp.methods:
+            row = [m]
+            for k in other:
+                _, vals = final_values(exp.method_runs(m), k)
+                if len(vals):
+                    sm = stats.summarize(vals, rng, reps=REPS)
+                    row.append(f"{fmt(sm['mean'])} [{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]")
+                else:
+                    row.append("–")
+            rows.append(row)
+        doc.text("Every other evaluation metric (mean [95% CI] over seeds):")
+        doc.table(["method", *other], rows)
+    doc.end()
+    return summaries
+
+
+def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng) -> None:
+    doc.section("comparisons", f"Paired comparisons against {baseline}")
+    if baseline not in summaries:
+        doc.text(f"No finished runs of the baseline {baseline!r}; nothing to compare.")
+        doc.end()
+        return
+    b_seeds, b_vals, _ = summaries[baseline]
+    b = dict(zip(b_seeds, b_vals))
+    results = []
+    for m, (seeds, vals, _) in summaries.items():
+        if m == baseline:
+            continue
+        common = [s for s in seeds if s in b]
+        if len(common) < 2:
+            results.append((m, len(common), None))
+            continue
+        x = np.array([dict(zip(seeds, vals))[s] for s in common])
+        y = np.array([b[s] for s in common])
+        results.append((m, len(common), stats.paired_difference(x, y, rng, reps=REPS)))
+    tested = [r for r in results if r[2] is not None]
+    adj = stats.holm([r[2]["welch_p"] for r in tested]) if tested else []
+    rows = []
+    for (m, n, d), p_adj in zip(tested, adj):
+        rows.append([m, n, fmt(d["mean"]), f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]", fmt(d["prob_improvement"], 2),
+                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj)])
+    rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", ""] for m, n, d in results if d is None]
+    doc.text(f"Differences are method minus {baseline} on the same seed (same warm start, data order and "
+             f"initialisation), with a bootstrap CI over seeds; P(improvement) is the probability that a run "
+             f"of the method beats a run of {baseline} (ties count half).")
+    doc.table(["method", "paired seeds", "mean diff", "95% CI", "P(improvement)", "Welch p", "Mann-Whitney p",
+               "paired t p", "Holm-adjusted Welch p"], rows)
+    survive = [m for (m, _, _), p in zip(tested, adj) if np.isfinite(p) and p < 0.05]
+    doc.text(f"Multiple comparisons: {len(tested)} methods were compared with {baseline}; Holm-Bonferroni keeps "
+             f"the family-wise error at 5%. Differences that survive: {', '.join(survive) if survive else 'none'}. "
+             f"With few seeds, absence of significance is not evidence of no effect: read the CIs.")
+    doc.end()
+
+
+def sensitivity_section(doc: Doc, exp: Experiment, metric: str, rng) -> None:
+    doc.section("sensitivity", "Sensitivity to hyperparameters")
+    blocks = [(b["method"], k, list(vs), b.get("seeds") or exp.seeds) for b in exp.sensitivity
+              for k, vs in b["params"].items()]
+    sweep_methods = list(dict.fromkeys(r.base_method for r in exp.runs))
+    blocks += [(m, k, list(vs), exp.seeds) for m in sweep_methods for k, vs in (exp.grid or {}).items()]
+    if not blocks:
+        doc.text("No hyperparameter was swept in this experiment.")
+    for i, (method, key, values, seeds) in enumerate(blocks):
+        groups: dict[str, list] = {}
+        base_runs = [r for r in exp.method_runs(method) if r.seed in seeds]
+        if base_runs and not exp.grid:
+            base_value = config_at(base_runs[0].config, key)
+            groups[label(base_value) + " (base)"] = final_values(base_runs, metric)[1]
+        for v in values:
+            runs = [r for r in exp.done if r.base_method == method and key in r.params and r.params[key] == v]
+            if runs:
+                groups.setdefault(label(v), final_values(runs, metric)[1])
+        groups = {k: np.asarray(v) for k, v in groups.items() if len(v)}
+        if len(groups) < 2:
+            doc.text(f"{method} / {key}: fewer than two values have finished runs.")
+            continue
+        res = sensitivity(groups, rng, reps=REPS)
+        doc.text(f"{method}: {key} — {res['reading']}")
+        doc.table(["value", "n", f"mean {metric}", "95% CI", "std"],
+                  [[r["value"], r["n"], fmt(r["mean"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", fmt(r["std"])]
+                   for r in res["rows"]])
+        rows = res["rows"]
+        doc.figure(f"sensitivity_{i}", plots.errorbars(
+            f"{method}: {key}", [str(r["value"]) for r in rows], [r["mean"] for r in rows],
+            [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], metric,
+            points=[groups[r["value"]] if r["value"] in groups else [] for r in rows]),
+            f"{metric} against {key} ({method}); bars are 95% CIs over seeds, dots single seeds")
+    doc.end()

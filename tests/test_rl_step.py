@@ -1,0 +1,140 @@
+"""`rl_step` driven from its arguments alone (a tiny model, a tokenizer, an optimiser, a problem
+stream; no session, run directory or patching), and `Algo`'s bound fields, one per choice the step
+would otherwise make by comparing config strings."""
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sftrl.algos import entropy
+from sftrl.algos.algo import Algo
+from sftrl.config import build_config
+from sftrl.config.schema import TinyModelConfig
+from sftrl.data.streams import ProblemStream
+from sftrl.data.tasks.arith import generate
+from sftrl.lm import logprobs, rollout
+from sftrl.lm.models import build_char_tokenizer, tiny_model
+from sftrl.train.optim import Update, make_optimizer
+from sftrl.train.rl_step import rl_step
+from sftrl.train.session import Policy, Streams
+
+P, G = 4, 4
+
+
+def _parts(overrides, seed=0):
+    """Everything rl_step takes, built by hand."""
+    cfg = build_config({}, ["rl.rollout.max_new_tokens=12", f"rl.rollout.prompts_per_step={P}",
+                            f"rl.rollout.group_size={G}", "rl.rollout.temperature=1.5", *overrides]).rl
+    tok = build_char_tokenizer()
+    model = tiny_model(TinyModelConfig(hidden_size=32, num_layers=1), len(tok), seed=seed,
+                       pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    sample = rollout.make_sampler("auto", tok, max_new_tokens=12, temperature=1.5, top_p=1.0)
+    render = lambda problem, template: f"{problem.prompt}\n"  # noqa: E731
+    p = Policy(model=model, tokenizer=tok, ref=None, sample=sample, render=render, template="plain",
+               max_len=64, precision=contextlib.nullcontext)
+    problems = generate(split="train", n=64, seed=1, min_ops=1, max_ops=1, max_operand=9, operators="+")
+    streams = Streams(ProblemStream(problems, np.random.default_rng(seed)),
+                      ProblemStream(problems, np.random.default_rng(seed + 1)))
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, 10)
+    return p, Update(opt, sched, cfg.optim.grad_clip, "a test step"), streams, cfg, opt
+
+
+def test_one_step_from_its_arguments_alone():
+    p, update, streams, cfg, opt = _parts(["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=2",
+                                          "rl.algo.entropy={mode: scheduled, kwargs: {start: 0.01, steps: 4}}"])
+    algo = Algo.from_config(cfg)
+    ctl = entropy.make_controller(cfg.algo.entropy.mode, cfg.algo.entropy.kwargs)
+    before = [w.detach().clone() for w in p.model.parameters()]
+    metrics, ctl2, g = rl_step(p, update, streams, cfg, algo, ctl, 0, torch.Generator().manual_seed(0))
+    assert g.ro.prompt_ids.shape[0] == P * G and len(g.problems) == P and g.sc.r.shape == (P, G)
+    assert metrics["rl/groups"] == P and metrics["optim/lr"] == cfg.optim.lr
+    assert math.isfinite(metrics["loss/total"]) and metrics["policy/entropy"] > 0
+    assert all(opt.state[w]["step"] == 2 for w in p.model.parameters())          # one step per mini-batch
+    assert any(not torch.equal(a, b) for a, b in zip(before, p.model.parameters()))
+    assert ctl2 == ctl.update(metrics["policy/entropy"], 0) and ctl2 != ctl      # the next controller
+    assert metrics["entropy/coef"] == ctl.coef == 0.01
+
+
+def test_the_same_arguments_give_the_same_step():
+    runs = []
+    for _ in range(2):
+        p, update, streams, cfg, _ = _parts(["rl.algo.preset=grpo_trl"])
+        ctl = entropy.make_controller("off", {})
+        m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), ctl, 0, torch.Generator().manual_seed(3))
+        runs.append((m["loss/total"], g.ro.texts, [w.detach().clone() for w in p.model.parameters()]))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
+
+
+def test_demonstrations_join_the_step_as_sft_rows():
+    p, update, streams, cfg, _ = _parts(["rl.algo.preset=joint"])
+    ahead = ProblemStream(streams.train.problems, np.random.default_rng(0))      # the same draws
+    demos = p.demos(ahead.next(P))
+    with torch.no_grad():                                   # token-mean NLL of the demonstrations, before the update
+        logp = logprobs.token_logp(p.model, demos.input_ids, demos.attention_mask, demos.prompt_ids.shape[1])
+    nll = float(-(logp * demos.completion_mask).sum() / demos.completion_mask.sum())
+    m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), entropy.make_controller("off", {}), 0,
+                      torch.Generator().manual_seed(0))
+    assert m["sft/rows"] == P and m["sft/weight"] == 1.0 and g.routed == g.problems
+    assert m["loss/sft"] == pytest.approx(nll, rel=1e-5)
+
+
+# -- Algo: each choice the step reads, bound from the config ----------------------------------------
+def _algo(*overrides):
+    return Algo.from_config(build_config({}, [f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}",
+                                             *overrides]).rl)
+
+
+def test_kl_goes_to_the_loss_or_to_the_reward():
+    grpo = _algo("rl.algo.preset=grpo")
+    assert (grpo.kl_loss_coef, grpo.kl_reward_coef, grpo.needs_ref, grpo.needs_old_logp) == (0.04, 0.0, True, False)
+    rloo = _algo("rl.algo.preset=rloo")                     # KL in the reward needs the behaviour log-probs
+    assert (rloo.kl_loss_coef, rloo.kl_reward_coef, rloo.needs_old_logp) == (0.0, 0.01, True)
+    off = _algo("rl.algo.preset=grpo_trl", "rl.algo.kl.log=false")
+    assert (off.kl_loss_coef, off.kl_reward_coef, off.needs_ref) == (0.0, 0.0, False)
+    assert _algo("rl.algo.preset=grpo_trl").needs_ref      # KL logged at coef 0
+
+
+@pytest.mark.parametrize("overrides, needed", [
+    (["rl.algo.preset=grpo_trl"], False),
+    (["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=2"], True),         # later mini-batches are off-policy
+    (["rl.algo.preset=grpo_trl", "rl.algo.token_filter=top_entropy"], True),   # filters read them
+    (["rl.algo.preset=dr_grpo"], True),                                        # 8 updates per rollout
+])
+def test_behaviour_log_probs_are_computed_only_when_read(overrides, needed):
+    assert _algo(*overrides).needs_old_logp is needed
+
+
+def test_clip_range_comes_from_the_surrogate():
+    assert _algo("rl.algo.preset=dapo").clip_eps == (0.2, 0.28)
+    assert _algo("rl.algo.surrogate=gspo", "rl.algo.surrogate_kwargs={eps_low: 0.0003, eps_high: 0.0004}").clip_eps \
+        == (0.0003, 0.0004)
+    assert _algo("rl.algo.preset=luffy").clip_eps is None                  # no_clip has no range
+
+
+def test_sft_sources_schedules_and_mixes():
+    expert = lambda k: [f"e{i}" for i in range(k)]  # noqa: E731
+    joint = _algo("rl.algo.preset=joint", "rl.hybrid.weight_kwargs={value: 0.3}")
+    assert joint.sft_source(["a"], expert) == ["a"] and not joint.buffered
+    assert joint.sft_lambda(5) == pytest.approx(0.3) and joint.rl_scale(0.3) == 1.0 and not joint.lambda_scales_rl
+    assert joint.sft_lambda(5) == float(torch.tensor(0.3))                 # the float32 value applied and logged
+    relift = _algo("rl.algo.preset=relift")
+    assert relift.buffered and relift.sft_source(["a"], expert) == [] and relift.sft_entropy_coef == 1e-3
+    chord = _algo("rl.algo.preset=chord")                                   # expert stream of P*G/4 rows
+    assert chord.sft_source(["a"], expert) == ["e0", "e1", "e2", "e3"] and chord.lambda_scales_rl
+    assert chord.sft_lambda(0) == pytest.approx(0.9) and chord.rl_scale(0.9) == pytest.approx(0.1)
+    srft = _algo("rl.algo.preset=srft")                                     # per-row weights, no schedule
+    H = torch.tensor([[0.0], [math.log(2.0)]])
+    assert srft.sft_schedule is None and srft.rl_scale(srft.sft_lambda(0)) == 1.0
+    torch.testing.assert_close(srft.sft_row_weight(srft.sft_lambda(0), H), torch.tensor([[0.5], [0.25]]))
+    torch.testing.assert_close(joint.sft_row_weight(0.3, H), torch.full((2, 1), 0.3))
+
+
+def test_a_per_row_weight_cannot_be_mixed_convexly():
+    with pytest.raises(ValueError, match="mix=convex .* has no lambda"):
+        build_config({}, ["rl.algo.preset=srft", "rl.hybrid.mix=convex"])
+    with pytest.raises(KeyError, match="did you mean 'chord_mu'"):
+        build_config({}, ["rl.algo.preset=chord", "rl.hybrid.weight=chord_m"])
