@@ -55,8 +55,8 @@ def run_rl_step(s: Session) -> dict:
         s.policy = replace(s.policy, ref=frozen_reference(s.model, s.fresh_policy))
     update = s.optims.update("rl", cfg.rl.optim, what=f"rl step {st.step + 1}", nonfinite=cfg.guard.nonfinite)
     with s.policy.precision():
-        metrics, st.entropy_ctl, s.last_groups = rl_step(
-            s.policy, update, s.streams, cfg.rl, s.algo, st.entropy_ctl, st.kind_steps.get("rl", 0), s.rngs.sample)
+        metrics, st.ctls, s.last_groups = rl_step(
+            s.policy, update, s.streams, cfg.rl, s.algo, st.ctls, st.kind_steps.get("rl", 0), s.rngs.sample)
         metrics.update(st.buffer.step(s.last_groups.routed, lambda problems: buffer_step(s, problems)))
     return metrics
 
@@ -205,6 +205,7 @@ def rollout_records(g, n: int) -> list[dict]:
     if g is None:
         return []
     G = g.sc.r.shape[1] if g.sc.r.ndim == 2 else 1
+    adv = None if g.adv is None else g.adv.sum(1) / (g.ro.lengths.clamp(min=1) if g.adv.shape[1] > 1 else 1)   # [N]
     out = []
     for row in range(min(n, len(g.ro.texts))):
         p = g.problems[row // G]
@@ -212,7 +213,7 @@ def rollout_records(g, n: int) -> list[dict]:
         out.append({"problem_id": p.id, "group": row // G, "gold": p.answer, "completion": text,
                     "answer": verify.extract(text, "strict"), "reward": float(g.sc.r.view(-1)[row]),
                     "correct": bool(g.sc.acc.view(-1)[row] > 0), "length": int(g.ro.lengths[row]),
-                    "offpolicy": bool(g.off[row])})
+                    "offpolicy": bool(g.off[row]), "advantage": None if adv is None else float(adv[row])})
     return out
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from sftrl.algos import entropy
-from sftrl.algos.algo import Algo
+from sftrl.algos.algo import Algo, Controllers
+from sftrl.algos.kl_control import make_kl_controller
 from sftrl.config import Config
 from sftrl.data.streams import ProblemStream, demo_batch
 from sftrl.data.tasks import load_problems
@@ -96,7 +97,7 @@ class Streams:
 class TrainState:
     """What `fit` threads from step to step (and checkpoints save): counters, controllers, buffers."""
 
-    entropy_ctl: object
+    ctls: Controllers               # the entropy bonus and the KL coefficient
     buffer: object                  # sftrl.train.relift: SFTBuffer, or NullBuffer when unused
     step: int = 0
     kind_steps: dict = field(default_factory=dict)   # steps done per kind (sft, rl): schedules read these
@@ -153,7 +154,9 @@ class Session:
                         precision=lambda: autocast(cfg.model, device))
         algo = Algo.from_config(cfg.rl)
         hy = cfg.rl.hybrid
-        state = TrainState(entropy_ctl=entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs),
+        a = cfg.rl.algo
+        state = TrainState(ctls=Controllers(entropy.make_controller(a.entropy.mode, a.entropy.kwargs),
+                                            make_kl_controller(a.kl)),
                            buffer=make_buffer(algo.buffered, order=hy.buffer_order,
                                               trigger=hy.buffer_trigger or ro.prompts_per_step))
         return cls(cfg=cfg, run=run, policy=policy, algo=algo,
