@@ -151,3 +151,18 @@ def test_a_per_row_weight_cannot_be_mixed_convexly():
         build_config({}, ["rl.algo.preset=srft", "rl.hybrid.mix=convex"])
     with pytest.raises(KeyError, match="did you mean 'chord_mu'"):
         build_config({}, ["rl.algo.preset=chord", "rl.hybrid.weight=chord_m"])
+
+
+def test_compute_accounting_of_a_step():
+    p, update, streams, cfg, _ = _parts(["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=1"])
+    N = sum(w.numel() for w in p.model.parameters())                           # tied embeddings once
+    assert p.n_params == N
+    m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), Controllers(entropy.make_controller("off", {}),
+                      FixedKL(0.0)), 0, torch.Generator().manual_seed(0))
+    prompts = float(sum(len(p.prompt(q)) for q in g.problems))                 # one character per token
+    generated = float(g.ro.completion_mask.sum())
+    assert m["compute/prompt_tokens"] == prompts and m["compute/generated_tokens"] == generated
+    assert m["compute/trained_tokens"] == generated                           # one pass, no SFT rows
+    # decode 2N(prompts + generated); no behaviour pass (one step per rollout); the KL reference is
+    # off here (no ref given); one training pass 6N over each distinct prompt once and every completion
+    assert m["compute/flops"] == 2 * N * (prompts + generated) + 6 * N * (prompts + generated)

@@ -22,6 +22,7 @@ from sftrl.lm.models import quiet_libraries, save_policy
 from sftrl.parallel import dist, sharding
 from sftrl.runlog import CONFIG, EVAL, LOGS, METRICS, MODEL, SAMPLES, QuietRunDir, RunDir, truncate_jsonl
 from sftrl.train import checkpoints
+from sftrl.train.compute import sft_step_metrics
 from sftrl.train.evaluate import evaluate
 from sftrl.train.optim import TrainingError
 from sftrl.train.progress import Progress
@@ -44,7 +45,7 @@ def run_sft_step(s: Session) -> dict:
     lr = update.lr
     with s.policy.precision():
         out = sft_step(s.model, update, batch, micro_batch_size=cfg.sft.micro_batch_size)
-    return {**out, "optim/lr": lr}
+    return {**out, "optim/lr": lr, **sft_step_metrics(batch, n_params=s.policy.n_params)}
 
 
 def run_rl_step(s: Session) -> dict:
@@ -57,8 +58,10 @@ def run_rl_step(s: Session) -> dict:
     with s.policy.precision():
         metrics, st.ctls, s.last_groups = rl_step(
             s.policy, update, s.streams, cfg.rl, s.algo, st.ctls, st.kind_steps.get("rl", 0), s.rngs.sample)
-        metrics.update(st.buffer.step(s.last_groups.routed, lambda problems: buffer_step(s, problems)))
-    return metrics
+        buffered = st.buffer.step(s.last_groups.routed, lambda problems: buffer_step(s, problems))
+    metrics["compute/trained_tokens"] += buffered.pop("compute/buffer_trained_tokens", 0.0)   # ReLIFT's extra
+    metrics["compute/flops"] += buffered.pop("compute/buffer_flops", 0.0)                     # SFT steps count too
+    return {**metrics, **buffered}
 
 
 def buffer_step(s: Session, problems: list) -> dict:
@@ -69,7 +72,8 @@ def buffer_step(s: Session, problems: list) -> dict:
     updates = lambda: s.optims.update("buffer", ocfg, what=f"the buffer SFT step of rl step {s.state.step + 1}",  # noqa: E731
                                       nonfinite=s.cfg.guard.nonfinite)
     return buffer_sft(s.model, updates, s.policy.demos, problems, batch=hy.buffer_batch, epochs=hy.buffer_epochs,
-                      entropy_coef=s.algo.sft_entropy_coef, micro_batch_size=rl.micro_batch_size)
+                      entropy_coef=s.algo.sft_entropy_coef, micro_batch_size=rl.micro_batch_size,
+                      n_params=s.policy.n_params)
 
 
 def evaluate_all(s: Session) -> tuple[dict, list[dict]]:

@@ -17,6 +17,7 @@ from sftrl.algos import hybrid
 from sftrl.batch import Rollout
 from sftrl.data.rewards import Scored, score_rollout
 from sftrl.parallel import dist
+from sftrl.train import compute
 
 
 @dataclass
@@ -56,10 +57,12 @@ def draw(p, stream, rcfg, algo, gen) -> Groups:
     G, P_all = group_size(rcfg, algo), rcfg.rollout.prompts_per_step
     problems = dist.shard(stream.next(P_all))
     P = len(problems)
-    parts, routed, drawn, batches = [], [], 0, 0
+    parts, routed, drawn, batches, cost = [], [], 0, 0, {"compute/prompt_tokens": 0.0, "compute/generated_tokens": 0.0}
     while True:
         batches += 1
         ro, off, sc = _rollout(p, problems, rcfg, algo, gen)
+        cost["compute/prompt_tokens"] += compute.prompt_tokens(ro)
+        cost["compute/generated_tokens"] += float(ro.completion_mask[~off].sum())
         route = algo.route(sc.acc[:, ~off[:G]])                                 # [P] bool, samples only
         routed += [pb for pb, r in zip(problems, route.tolist()) if r]
         drawn += len(problems)
@@ -83,7 +86,7 @@ def draw(p, stream, rcfg, algo, gen) -> Groups:
         pbs.extend(pb[i] for i in groups.tolist())
     n = min(P, len(pbs)) if algo.dynamic_sampling else len(pbs)
     rows = torch.arange(n * G)
-    metrics = {"sft/routed_frac": len(routed) / drawn}
+    metrics = {"sft/routed_frac": len(routed) / drawn, **cost}
     if algo.dynamic_sampling:
         metrics.update({"groups/gen_batches": float(batches), "groups/kept": float(n)})
     return Groups(ro=rows_of.select_rows(rows_of.concat(ros, p.pad_id), rows),

@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 
 from sftrl.parallel import dist, sharding
-from sftrl.train import forward, groups, losses
+from sftrl.train import compute, forward, groups, losses
 from sftrl.train.groups import StepBatch
 from sftrl.train.losses import Fixed
 
@@ -81,4 +81,6 @@ def rl_step(p, update, streams, cfg, algo, ctls, t: int, gen: torch.Generator) -
         out["sft/weight"] = lam
     if b.n_rl:
         out.update(losses.rollout_metrics(g, b, r, fx, algo.offpolicy))
+    passes = int(old_logp is not None) + int(ref_logp is not None) + algo.filters * (len(mini) - 1)
+    out.update(compute.rl_step_metrics(g, b, n_params=p.n_params, no_grad_passes=passes, epochs=algo.epochs))
     return out, ctls, g

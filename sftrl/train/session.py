@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,7 @@ from sftrl.lm import rollout
 from sftrl.lm.models import AdaptersOff, autocast, device_from, is_lora, load_policy, render_prompt, shard
 from sftrl.parallel import dist, sharding
 from sftrl.runlog import RunDir
+from sftrl.train.compute import param_count
 from sftrl.train.optim import Optimizers
 from sftrl.train.relift import make_buffer
 
@@ -70,6 +72,11 @@ class Policy:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    @cached_property
+    def n_params(self) -> int:
+        """Parameters a token's forward pass multiplies by (for the compute/* estimates)."""
+        return param_count(self.model)
 
     def prompt(self, problem) -> str:
         return self.render(problem, self.template)
