@@ -4,8 +4,8 @@ Owns: the registries `ADVANTAGES` (group-relative, from r[P, G]), `TOKEN_ADVANTA
 per-token rewards, REINFORCE++), `SURROGATES`, `WEIGHTINGS`, `KL` and the DAPO overlong penalty.
 Every function is a plain function of tensors with keyword-only hyperparameters; named methods are
 presets over these (sftrl.config.presets). Entropy controllers and token filters live in
-`sftrl.algos.entropy` and `sftrl.algos.filters`. Dims: P prompts, G group size, N = P*G rows (prompt-major), T completion tokens.
-Sources are ALGORITHMS.md sections (§) of the specification.
+`sftrl.algos.entropy` and `sftrl.algos.filters`. Dims: P prompts, G group size, N = P*G rows
+(prompt-major), T completion tokens. Sources are ALGORITHMS.md sections (§) of the specification.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from sftrl.train.session import Session, frozen_reference
 from sftrl.train.sft_step import sft_step
 from sftrl.train.state import restore, state_of
 
-__all__ = ["Session", "TrainingError", "buffer_step", "evaluate_all", "fit", "quiet_libraries", "run_rl_step", "run_sft_step"]
+__all__ = ["Session", "TrainingError", "buffer_step", "evaluate_all", "fit", "quiet_libraries", "run_rl_step",
+           "run_sft_step"]
 
 
 def run_sft_step(s: Session) -> dict:
