@@ -45,6 +45,11 @@ def _undefined(compared: list[dict]) -> str:
     return "; ".join(f"{why}: {_listing(ms)}" for why, ms in by_reason.items())
 
 
+def _why_under(c: dict, target: float) -> list[str]:
+    mde, diff = c["power"]["mde"], abs(POINTS * c["mean"])
+    return ([f"|difference| {diff:.2f}"] if mde > diff else []) + ([f"target {target:g}"] if mde > target else [])
+
+
 def power_line(compared: list[dict], metric: str, target: float) -> str:
     """The sentence under the comparisons table naming the underpowered comparisons."""
     under = [c for c in compared if c["power"]["underpowered"]]
@@ -52,8 +57,8 @@ def power_line(compared: list[dict], metric: str, target: float) -> str:
             f"from these seeds at the observed spread of the differences (exact noncentral t); differences, spreads "
             f"and MDEs are in accuracy points (1 point = 0.01 of {metric}). Underpowered (MDE above the observed "
             f"|difference| or above the {target:g}-point target): ")
-    text += _listing([f"{c['method']} (MDE {c['power']['mde']:.2f}, |difference| "
-                      f"{abs(POINTS * c['mean']):.2f})" for c in under]) or "none"
+    text += _listing([f"{c['method']} (MDE {c['power']['mde']:.2f} > " + " and ".join(_why_under(c, target)) + ")"
+                      for c in under]) or "none"
     if _undefined(compared):
         text += "; power undefined (" + _undefined(compared) + ")"
     return text + "."

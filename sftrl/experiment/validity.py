@@ -220,7 +220,7 @@ def _warm_by_seed(exp: Experiment, warm: list[Run], metric: str):
 
 
 def _noise_check(exp: Experiment, metric: str, baseline: str | None, target: float) -> Check:
-    rule = f"SE at most {target / 2:g} points (half the {target:g}-point power target)"
+    rule = f"SE at most {target / 2:.2f} points (half the {target:g}-point power target)"
     runs = exp.method_runs(baseline) if baseline in exp.methods else []
     accs = [v for v in (final_value(r, metric) for r in runs) if v is not None]
     sizes = [v for v in (final_value(r, metric.rsplit("/", 1)[0] + "/n") for r in runs) if v]
