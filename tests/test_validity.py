@@ -3,6 +3,7 @@ opening paragraph, on synthetic study directories with hand-worked numbers."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,22 @@ def test_a_study_where_rl_does_not_learn_says_so_first(tmp_path):
     # differences -2, -1, 0, -3 points: sd 1.29, MDE 2.75 above |-1.5| -> underpowered; target 6 points
     assert "Underpowered (MDE above the observed |difference| or above the 6-point target): rl_plain (MDE 2.75 > |difference| 1.50)." in md
     assert "None of the 1 methods compared with sft on shared seeds has a higher mean; the closest, rl_plain" in summary
+
+
+def test_noise_at_the_floor_is_not_measured_and_a_plain_sweep_has_no_warm_start(tmp_path):
+    none = [0.0] * 4
+    _study(tmp_path, per_seed=False, warm=[{"eval/arith/acc_strict": 0.0}], study={}, methods={
+        "sft": (["sft"] * 4, none, none, 0.5, True, [10.0] * 4)})
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| evaluation noise | not measured (sft scores 0% on every seed, where the binomial SE is 0) |" in md
+    assert "| warm-start accuracy | 0.0% (1 warm start) | not met |" in md
+    assert "| RL raises its reward | not measured (no GRPO method with RL steps) | not measured |" in md
+    for d in (tmp_path / "warm", tmp_path / "study.yaml"):
+        shutil.rmtree(d) if d.is_dir() else d.unlink()
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| warm-start accuracy | not measured (no warm start in this experiment) | not measured |" in md
 
 
 def test_opening_and_power_words_from_hand_made_numbers():

@@ -14,6 +14,7 @@ Each check is "met", "not met" or "not measured", with its number:
                         `MIXED_GROUPS`
   evaluation noise      binomial SE sqrt(p (1 - p) / n) of one run's accuracy, with p the baseline's
                         mean and n the test-set size (`eval/<task>/n`), at most half the power target
+                        (not measured when p is 0 or 1, where the formula gives 0)
 
 GRPO is the method named "grpo", else the first method whose config has rl.algo.preset grpo and
 RL steps. The warm start is read from EXP/warm/runs/*/ as `sftrl study` writes it; a plain sweep has
@@ -228,6 +229,9 @@ def _noise_check(exp: Experiment, metric: str, baseline: str | None, target: flo
         return Check("evaluation noise", f"not measured (no finished {baseline} runs with {metric} and its n)",
                      None, rule)
     p, n = float(np.mean(accs)), float(np.mean(sizes))
+    if p in (0.0, 1.0):                    # every run at the floor or ceiling: sqrt(p(1-p)/n) = 0 says nothing
+        return Check("evaluation noise", f"not measured ({baseline} scores {POINTS * p:.0f}% on every seed, where "
+                     f"the binomial SE is 0)", None, rule)
     se = POINTS * math.sqrt(p * (1 - p) / n)
     return Check("evaluation noise", f"SE {se:.2f} points (p = {POINTS * p:.1f}% of {baseline}, n = {n:g} problems)",
                  se <= target / 2, rule)
