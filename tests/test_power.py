@@ -1,6 +1,7 @@
 """Power of paired comparisons: the exact MDE against an independent power integral, the central-t
 approximation by hand, seeds needed, monotonicity, and how one comparison is read."""
 
+import itertools
 import math
 
 import numpy as np
@@ -9,8 +10,16 @@ import scipy.integrate
 import scipy.optimize
 import scipy.stats
 
-from sftrl.experiment.power import (MAX_SEEDS, POWER_TARGET, mde, mde_central_t, paired_power, paired_t_power,
-                                    power_target, seeds_needed)
+from sftrl.experiment.power import (
+    MAX_SEEDS,
+    POWER_TARGET,
+    mde,
+    mde_central_t,
+    paired_power,
+    paired_t_power,
+    power_target,
+    seeds_needed,
+)
 
 
 def power_by_integral(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
@@ -62,7 +71,7 @@ def test_the_approximation_is_close_and_low_for_few_seeds():
 
 def test_more_seeds_smaller_mde_and_mde_scales_with_the_spread():
     values = [mde(n, 2.0) for n in range(2, 41)]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
     assert mde(7, 3.0) == pytest.approx(3 * mde(7, 1.0))
     assert mde(5, 2.0, power=0.9) > mde(5, 2.0) > mde(5, 2.0, alpha=0.1)
 

@@ -77,9 +77,10 @@ def _learning_study(root: Path) -> None:
            study={"question": "Does RL beat SFT here?", "power_target": 2.0}, methods={
                # method: phases, accuracy per seed, reward slope per seed, zero-std share, compute logged, wall time
                "sft": (["sft"] * 4, [0.30, 0.31, 0.29, 0.30], none, 0.5, True, [10.0, 12.0, 11.0, 11.0]),
-               "grpo": (["rl"] * 4, [0.34, 0.36, 0.33, 0.37], [0.01, 0.02, 0.03, 0.02], 0.6, True, [30.0, 32.0, 31.0, 31.0]),
+               "grpo": (["rl"] * 4, [0.34, 0.36, 0.33, 0.37], [0.01, 0.02, 0.03, 0.02], 0.6, True,
+                        [30.0, 32.0, 31.0, 31.0]),
                "alt": (["rl", "rl", "sft", "sft"], [0.40, 0.42, 0.39, 0.41], none, 0.6, True, [20.0] * 4),
-               "joint": (["rl"] * 4, [0.30, 0.32, 0.28, 0.32], none, 0.6, False, [40.0] * 4),   # an older run: no compute/*
+               "joint": (["rl"] * 4, [0.30, 0.32, 0.28, 0.32], none, 0.6, False, [40.0] * 4),   # older: no compute/*
            })
 
 
@@ -136,7 +137,7 @@ def test_a_study_that_learns_validity_power_compute_and_the_opening(tmp_path):
 
     # -- the opening paragraph: generated from the numbers above -------------------------------------
     opening = _summary(md).split("\n\n")[0]
-    assert opening.startswith("Question: Does RL beat SFT here? Of the 3 methods compared with sft on shared seeds, "
+    assert opening.startswith("Question: Does RL beat SFT here? Of 3 methods compared with sft on shared seeds, "
                               "alt has the largest mean paired difference: mean eval/arith/acc_strict 40.5% against "
                               "30.0% for sft, a paired difference of +10.5 points (95% CI [+")
     lo, hi = (float(v) for v in opening.split("95% CI [", 1)[1].split("]", 1)[0].split(", "))
@@ -172,18 +173,20 @@ def test_a_study_where_rl_does_not_learn_says_so_first(tmp_path):
     summary = _summary(md)
     assert summary.startswith("RL did not raise its own training reward on this testbed: the slope of rl_plain's "
                               "reward/mean is -0.015 per step (95% CI [-")
-    assert "4 seeds), an interval that is not above 0. None of the 1 methods" in summary.split("\n\n")[0]
+    assert "4 seeds), an interval that is not above 0. None of 1 method" in summary.split("\n\n")[0]
     assert "| warm-start accuracy | 30.0% (4 warm starts, mean) | met |" in md
     assert "| warm-start pass@k | not measured (the warm start has no pass@k) | not measured |" in md
     assert "| RL raises its reward | rl_plain: -0.015 per step (95% CI [-" in md
     # per-seed warm starts: 28 - 30, 30 - 31, 29 - 29, 27 - 30 = -2, -1, 0, -3 points, mean -1.5
     row = next(x for x in md.splitlines() if x.startswith("| RL raises accuracy |"))
-    assert "rl_plain minus the warm start: -1.5 points" in row and row.endswith("| not met | 95% CI of the paired gain above 0 |")
+    assert "rl_plain minus the warm start: -1.5 points" in row
+    assert row.endswith("| not met | 95% CI of the paired gain above 0 |")
     assert "| mixed groups | 10.0% of rl_plain's groups (mean over RL steps and runs) | not met |" in md
     assert "| evaluation noise | SE 2.65 points (p = 30.0% of sft, n = 300 problems) | met |" in md   # 2.65 <= 6 / 2
     # differences -2, -1, 0, -3 points: sd 1.29, MDE 2.75 above |-1.5| -> underpowered; target 6 points
-    assert "Underpowered (MDE above the observed |difference| or above the 6-point target): rl_plain (MDE 2.75 > |difference| 1.50)." in md
-    assert "None of the 1 methods compared with sft on shared seeds has a higher mean; the closest, rl_plain" in summary
+    assert ("Underpowered (MDE above the observed |difference| or above the 6-point target): rl_plain (MDE 2.75 > "
+            "|difference| 1.50).") in md
+    assert "None of 1 method compared with sft on shared seeds has a higher mean; the closest, rl_plain" in summary
 
 
 def test_noise_at_the_floor_is_not_measured_and_a_plain_sweep_has_no_warm_start(tmp_path):
@@ -214,10 +217,10 @@ def test_opening_and_power_words_from_hand_made_numbers():
     a = {"method": "a", "n": 2, "mean": 0.06, "ci_low": 0.05, "ci_high": 0.07, "holm_p": 0.2, "power": pw}
     text = answer.opening(question=None, metric="m", baseline="b", summaries=sm, compared=[a], validity=V(),
                           budget="Budgets: x.", target=2.0)
-    assert text == ("Of the 1 methods compared with b on shared seeds, a has the largest mean paired difference: mean "
-                    "m 26.0% against 20.0% for b, a paired difference of +6.0 points (95% CI [+5.0, +7.0], 2 seeds; the "
-                    "interval excludes 0). After Holm's correction over 1 comparisons, no difference is significant "
-                    "at 5%. 1 of 1 comparisons are underpowered at 80% power (MDE above the observed |difference| or "
+    assert text == ("Of 1 method compared with b on shared seeds, a has the largest mean paired difference: mean "
+                    "m 26.0% against 20.0% for b, a paired difference of +6.0 points (95% CI [+5.0, +7.0], 2 seeds; "
+                    "the interval excludes 0). After Holm's correction over 1 comparison, no difference is significant "
+                    "at 5%. 1 of 1 comparison is underpowered at 80% power (MDE above the observed |difference| or "
                     "above 2 points): a (MDE 11.0 points). Testbed validity: 6 of 6 checks met. Budgets: x.")
     assert answer.power_cells(pw) == ["1.00", "11.00", "10"]
     assert answer.power_cells({**pw, "sd": 0.0, "underpowered": None}) == ["0.00", "–", "–"]

@@ -32,6 +32,11 @@ def power_cells(pw: dict) -> list[str]:
     return [f"{pw['sd']:.2f}", f"{pw['mde']:.2f}", seeds]
 
 
+def _n(k: int, noun: str) -> str:
+    """'1 method', '3 methods'."""
+    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
+
+
 def _listing(items: list[str]) -> str:
     return ", ".join(items)
 
@@ -74,12 +79,12 @@ def _best(metric: str, baseline: str | None, summaries: dict, compared: list[dic
     m, d, lo, hi = best["method"], POINTS * best["mean"], POINTS * best["ci_low"], POINTS * best["ci_high"]
     diff = (f"a paired difference of {d:+.1f} points (95% CI [{lo:+.1f}, {hi:+.1f}], {best['n']} seeds; the "
             f"interval {'excludes' if lo > 0 or hi < 0 else 'includes'} 0)")
-    means = (f"mean {metric} {POINTS * summaries[m][2]['mean']:.1f}% against {POINTS * summaries[baseline][2]['mean']:.1f}%"
-             f" for {baseline}")
+    ours, theirs = POINTS * summaries[m][2]["mean"], POINTS * summaries[baseline][2]["mean"]
+    means = f"mean {metric} {ours:.1f}% against {theirs:.1f}% for {baseline}"
     if best["mean"] > 0:
-        return (f"Of the {len(compared)} methods compared with {baseline} on shared seeds, {m} has the largest mean "
+        return (f"Of {_n(len(compared), 'method')} compared with {baseline} on shared seeds, {m} has the largest mean "
                 f"paired difference: {means}, {diff}.")
-    return (f"None of the {len(compared)} methods compared with {baseline} on shared seeds has a higher mean; the "
+    return (f"None of {_n(len(compared), 'method')} compared with {baseline} on shared seeds has a higher mean; the "
             f"closest, {m}, has {means}, {diff}.")
 
 
@@ -92,7 +97,7 @@ def _holm(compared: list[dict]) -> str:
     if not tested:
         return tail.strip()
     sig = [c for c in tested if c["holm_p"] < SIGNIFICANCE]
-    head = f"After Holm's correction over {len(tested)} comparisons"
+    head = f"After Holm's correction over {_n(len(tested), 'comparison')}"
     if not sig:
         return f"{head}, no difference is significant at 5%.{tail}"
     return (f"{head}, {len(sig)} {'difference is' if len(sig) == 1 else 'differences are'} significant at 5%: "
@@ -109,11 +114,11 @@ def _power(compared: list[dict], target: float) -> str:
     if not known:
         return f"Power is undefined for every comparison ({undefined})."
     if under:
-        text = (f"{len(under)} of {len(compared)} comparisons are underpowered at 80% power (MDE above the observed "
+        text = (f"{len(under)} of {_n(len(compared), 'comparison')} {'is' if len(under) == 1 else 'are'} underpowered at 80% power (MDE above the observed "
                 f"|difference| or above {target:g} points): "
                 + _listing([f"{c['method']} (MDE {c['power']['mde']:.1f} points)" for c in under]))
     else:
-        text = (f"None of the {len(known)} comparisons with a computable power is underpowered (every MDE is at most "
+        text = (f"None of {_n(len(known), 'comparison')} with a computable power is underpowered (every MDE is at most "
                 f"the observed |difference| and {target:g} points)")
     return text + (f"; power is undefined for some ({undefined})." if undefined else ".")
 

@@ -55,7 +55,7 @@ class Doc:
         self.html.append("")
         self.md.append("")
 
-    def fill(self, name: str, part: "Doc") -> None:
+    def fill(self, name: str, part: Doc) -> None:
         """Put the body of `part` (another Doc) at the slot `name`; its figures join this document's."""
         i, j = self.slots.pop(name)
         self.html[i] = "".join(part.html)
