@@ -140,9 +140,9 @@ def headline_figure(doc: Doc, summaries: dict, metric: str) -> None:
         return
     methods = list(summaries)
     sm = [summaries[m][2] for m in methods]
-    doc.figure("headline", plots.errorbars(f"final {metric} per method", methods, [s["mean"] for s in sm],
-                                           [s["ci_low"] for s in sm], [s["ci_high"] for s in sm], metric,
-                                           points=[summaries[m][1] for m in methods]),
+    doc.figure("headline", plots.method_intervals(f"final {metric} per method", methods, [s["mean"] for s in sm],
+                                                  [s["ci_low"] for s in sm], [s["ci_high"] for s in sm], metric,
+                                                  points=[summaries[m][1] for m in methods]),
                f"Mean final {metric} per method; bars are 95% bootstrap CIs over seeds, dots single seeds")
 
 

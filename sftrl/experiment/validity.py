@@ -66,7 +66,7 @@ class Validity:
     @property
     def rl_learns(self) -> bool | None:
         """Whether RL raised its own training reward (None: not measured)."""
-        return next(c.met for c in self.checks if c.name == "RL raises its reward")
+        return None if self.slope is None or self.slope["n"] < 2 else bool(self.slope["ci_low"] > 0)
 
     def verdict(self) -> str:
         """'4 of 6 checks met. Not met: NAME, VALUE; .... Not measured: NAME, ....'"""
