@@ -49,6 +49,21 @@ def test_quick_study_runs_end_to_end_and_the_report_has_every_section(quick):
 
 
 @pytest.mark.slow
+def test_quick_study_measures_itself(quick):
+    """Power, validity and compute read from what the training half really writes."""
+    out, _ = quick
+    md = (out / "report.md").read_text()
+    summary = md.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
+    assert "Testbed validity: " in summary.split("\n\n")[0] and "![Mean final" in summary
+    assert "an RL step cost" in summary and "FLOPs per run relative to sft: grpo" in summary
+    flops_cells = [r.split(" | ")[-2] for r in summary.splitlines() if r.startswith("| grpo | 2 |")]
+    assert flops_cells and flops_cells[0].endswith("FLOP")
+    validity = md.split("## Testbed validity\n", 1)[1].split("\n## ", 1)[0]
+    assert sum(r.startswith("| ") for r in validity.splitlines()) == 1 + 6        # the header and six checks
+    assert "| MDE at 80% power (points) | seeds for a 1-point effect |" in md
+
+
+@pytest.mark.slow
 def test_report_is_deterministic(quick, tmp_path):
     out, _ = quick
     md1 = (out / "report.md").read_text()

@@ -2,16 +2,21 @@
 
 Owns: `write_report` and the order of the report's sections (written by `report_results` and
 `report_runs`) —
-  summary          per method: final metric mean, 95% bootstrap CI over seeds, IQM, std, per-seed values
-  comparisons      paired differences against a baseline (CI, P(improvement), Welch, Mann-Whitney, Holm)
+  summary          opens with the answer in a paragraph (`answer`) and the headline figure; per method:
+                   final metric mean, 95% bootstrap CI over seeds, IQM, std, per-seed values, compute
+  validity         can this testbed answer the question: warm start, does RL learn, mixed groups,
+                   evaluation noise (`validity`)
+  comparisons      paired differences against a baseline (CI, P(improvement), Welch, Mann-Whitney, Holm),
+                   each with its minimum detectable effect and the seeds a 1-point effect needs (`power`)
   sensitivity      every swept hyperparameter: value -> metric with CI, between-value vs seed spread
   curves           learning curves with CI bands across seeds (reward, accuracy, KL, entropy, losses, ...)
   distributions    response lengths early vs late, answers per problem, pass@k
   hyperparameters  what differs between methods, and everything else once
   provenance       versions, git sha, hardware, seeds, commands to reproduce
   failures         runs that failed or did not finish (never counted as data)
-Statistics come from `stats` and `sensitivity`, all drawn from one generator seeded by `seed`, so
-the same runs give the same report.
+Statistics come from `stats` and `sensitivity`, all drawn from one generator seeded by `seed` (the
+validity checks from a stream spawned from it, so they leave the other sections' draws as they
+were), so the same runs give the same report.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sftrl.experiment import answer, compute, power, validity
 from sftrl.experiment import report_results as results
 from sftrl.experiment import report_runs as runs
 from sftrl.experiment.doc import Doc
 from sftrl.experiment.records import load_experiment
 from sftrl.runlog import atomic_write_text
 
-SECTIONS = ("summary", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
+SECTIONS = ("summary", "validity", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
             "provenance", "failures")
 CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
           "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
@@ -66,14 +72,21 @@ def write_report(exp_dir, *, metric: str | None = None, baseline: str | None = N
     md_path = html_path.with_suffix(".md")
     doc = Doc(md_path.parent / "figures")
     rng = np.random.default_rng(seed)
-    summaries = results.summary(doc, exp, metric, rng, question)
-    results.comparisons(doc, exp, metric, baseline, summaries, rng)
+    checks_rng = rng.spawn(1)[0]
+    target = power.power_target(exp.study)
+    summaries = results.summary(doc, exp, metric, rng, None, baseline=baseline)   # the opening states the question
+    checks = validity.assess(exp, metric, baseline, target, checks_rng)
+    validity.section(doc, checks)
+    compared = results.comparisons(doc, exp, metric, baseline, summaries, rng, power_target=target)
     results.sensitivity_section(doc, exp, metric, rng)
     runs.curves(doc, exp, metric, rng)
     runs.distributions(doc, exp, metric, rng)
     runs.hyperparameters(doc, exp)
     runs.provenance(doc, exp, seed)
     runs.failures(doc, exp)
+    answer.write_opening(doc, question=question, metric=metric, baseline=baseline, summaries=summaries,
+                         compared=compared, validity=checks, budget=compute.budget_sentence(exp, baseline),
+                         target=target)
     title = f"sftrl report: {exp.name}"
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS if f'id="{s}"' in "".join(doc.html))
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

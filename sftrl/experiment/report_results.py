@@ -1,15 +1,17 @@
 """The report's statistical sections: per-method summary, paired comparisons with a baseline, and
 sensitivity to every swept hyperparameter.
 
-Owns: `summary`, `comparisons`, `sensitivity_section`, `headline_metric` and `REPS`. Every
-statistic is drawn from the one generator `write_report` passes in.
+Owns: `summary` (with each method's compute from `compute`, and a slot for the opening paragraph
+`answer` writes), `comparisons` (with each comparison's power from `power`), `sensitivity_section`,
+`headline_metric` and `REPS`. Every statistic is drawn from the one generator `write_report`
+passes in.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sftrl.experiment import plots, stats
+from sftrl.experiment import answer, compute, plots, power, stats
 from sftrl.experiment.doc import Doc, fmt, fmt_p, label
 from sftrl.experiment.records import Experiment, config_at, final_values
 from sftrl.experiment.sensitivity import sensitivity
@@ -28,8 +30,9 @@ def headline_metric(exp: Experiment, metric: str | None) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------------------
-def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -> dict:
+def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None, baseline: str | None = None) -> dict:
     doc.section("summary", "Summary")
+    doc.slot("opening")
     if question:
         doc.text(f"Question: {question}")
     counts = {s: sum(r.status == s for r in exp.runs) for s in ("done", "failed", "incomplete")}
@@ -41,13 +44,16 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -
     for m in exp.methods:
         seeds, vals = final_values(exp.method_runs(m), metric)
         if not len(vals):
-            rows.append([m, 0, "–", "–", "–", "–", ""])
+            rows.append([m, 0, "–", "–", "–", "–", "", *compute.cells(exp.method_runs(m))])
             continue
         sm = stats.summarize(vals, rng, reps=REPS)
         summaries[m] = (seeds, vals, sm)
         rows.append([m, sm["n"], fmt(sm["mean"]), f"[{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]", fmt(sm["iqm"]),
-                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals))])
-    doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values"], rows)
+                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals)),
+                     *compute.cells(exp.method_runs(m))])
+    doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values", *compute.HEADER], rows)
+    doc.text(compute.budget_sentence(exp, baseline) + " Compute columns are means over seeds of per-run totals "
+             "(training steps only; \"–\" where the runs did not log them).")
     other = sorted({k for r in exp.done for k in r.final if k.startswith("eval/") and k != metric
                     and (k.endswith("/acc_strict") or "@" in k.rsplit("/", 1)[-1])})
     if other:
@@ -68,12 +74,15 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -
     return summaries
 
 
-def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng) -> None:
+def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng,
+                power_target: float = power.POWER_TARGET) -> list[dict]:
+    """The paired comparisons with `baseline`; returns one dict per tested method (its paired
+    difference, Holm-adjusted Welch p as `holm_p`, and `power`: `power.paired_power` in points)."""
     doc.section("comparisons", f"Paired comparisons against {baseline}")
     if baseline not in summaries:
         doc.text(f"No finished runs of the baseline {baseline!r}; nothing to compare.")
         doc.end()
-        return
+        return []
     b_seeds, b_vals, _ = summaries[baseline]
     b = dict(zip(b_seeds, b_vals))
     results = []
@@ -86,24 +95,30 @@ def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries
             continue
         x = np.array([dict(zip(seeds, vals))[s] for s in common])
         y = np.array([b[s] for s in common])
-        results.append((m, len(common), stats.paired_difference(x, y, rng, reps=REPS)))
+        results.append((m, len(common), {**stats.paired_difference(x, y, rng, reps=REPS), "diffs": x - y}))
     tested = [r for r in results if r[2] is not None]
     adj = stats.holm([r[2]["welch_p"] for r in tested]) if tested else []
-    rows = []
+    rows, compared = [], []
     for (m, n, d), p_adj in zip(tested, adj):
+        pw = power.paired_power(answer.POINTS * d["diffs"], target=power_target)
+        compared.append({"method": m, **d, "holm_p": float(p_adj), "power": pw})
         rows.append([m, n, fmt(d["mean"]), f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]", fmt(d["prob_improvement"], 2),
-                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj)])
-    rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", ""] for m, n, d in results if d is None]
+                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj),
+                     *answer.power_cells(pw)])
+    rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", "", "", "", ""] for m, n, d in results
+             if d is None]
     doc.text(f"Differences are method minus {baseline} on the same seed (same warm start, data order and "
              f"initialisation), with a bootstrap CI over seeds; P(improvement) is the probability that a run "
              f"of the method beats a run of {baseline} (ties count half).")
     doc.table(["method", "paired seeds", "mean diff", "95% CI", "P(improvement)", "Welch p", "Mann-Whitney p",
-               "paired t p", "Holm-adjusted Welch p"], rows)
+               "paired t p", "Holm-adjusted Welch p", *answer.POWER_HEADER], rows)
+    doc.text(answer.power_line(compared, metric, power_target))
     survive = [m for (m, _, _), p in zip(tested, adj) if np.isfinite(p) and p < 0.05]
     doc.text(f"Multiple comparisons: {len(tested)} methods were compared with {baseline}; Holm-Bonferroni keeps "
              f"the family-wise error at 5%. Differences that survive: {', '.join(survive) if survive else 'none'}. "
              f"With few seeds, absence of significance is not evidence of no effect: read the CIs.")
     doc.end()
+    return compared
 
 
 def sensitivity_section(doc: Doc, exp: Experiment, metric: str, rng) -> None:
