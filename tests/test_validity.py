@@ -142,8 +142,8 @@ def test_a_study_that_learns_validity_power_compute_and_the_opening(tmp_path):
                               "30.0% for sft, a paired difference of +10.5 points (95% CI [+")
     lo, hi = (float(v) for v in opening.split("95% CI [", 1)[1].split("]", 1)[0].split(", "))
     assert 10.0 <= lo <= 10.5 <= hi <= 11.0 and "4 seeds; the interval excludes 0)" in opening
-    # Holm over the three Welch p-values (no resampling involved): alt and grpo survive, joint does not
-    p = {m: scipy.stats.ttest_ind(a, [0.30, 0.31, 0.29, 0.30], equal_var=False).pvalue for m, a in
+    # Holm over the three paired t p-values (no resampling involved): alt and grpo survive, joint does not
+    p = {m: scipy.stats.ttest_rel(a, [0.30, 0.31, 0.29, 0.30]).pvalue for m, a in
          (("grpo", [0.34, 0.36, 0.33, 0.37]), ("alt", [0.40, 0.42, 0.39, 0.41]), ("joint", [0.30, 0.32, 0.28, 0.32]))}
     adj = dict(zip(p, stats.holm(list(p.values()))))
     assert adj["joint"] > 0.05 > max(adj["grpo"], adj["alt"])

@@ -77,7 +77,9 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None, b
 def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng,
                 power_target: float = power.POWER_TARGET) -> list[dict]:
     """The paired comparisons with `baseline`; returns one dict per tested method (its paired
-    difference, Holm-adjusted Welch p as `holm_p`, and `power`: `power.paired_power` in points)."""
+    difference, the Holm-adjusted paired t p as `holm_p`, and `power`: `power.paired_power` in points).
+    The seeds pair the runs (same warm start, data order and initialisation), so the test is the
+    paired t-test, the one the MDE column is computed for; Welch and Mann-Whitney are shown too."""
     doc.section("comparisons", f"Paired comparisons against {baseline}")
     if baseline not in summaries:
         doc.text(f"No finished runs of the baseline {baseline!r}; nothing to compare.")
@@ -97,7 +99,7 @@ def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries
         y = np.array([b[s] for s in common])
         results.append((m, len(common), {**stats.paired_difference(x, y, rng, reps=REPS), "diffs": x - y}))
     tested = [r for r in results if r[2] is not None]
-    adj = stats.holm([r[2]["welch_p"] for r in tested]) if tested else []
+    adj = stats.holm([r[2]["paired_t_p"] for r in tested]) if tested else []
     rows, compared = [], []
     for (m, n, d), p_adj in zip(tested, adj):
         pw = power.paired_power(answer.POINTS * d["diffs"], target=power_target)
@@ -111,7 +113,7 @@ def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries
              f"initialisation), with a bootstrap CI over seeds; P(improvement) is the probability that a run "
              f"of the method beats a run of {baseline} (ties count half).")
     doc.table(["method", "paired seeds", "mean diff", "95% CI", "P(improvement)", "Welch p", "Mann-Whitney p",
-               "paired t p", "Holm-adjusted Welch p", *answer.POWER_HEADER], rows)
+               "paired t p", "Holm-adjusted paired t p", *answer.POWER_HEADER], rows)
     doc.text(answer.power_line(compared, metric, power_target))
     survive = [m for (m, _, _), p in zip(tested, adj) if np.isfinite(p) and p < 0.05]
     doc.text(f"Multiple comparisons: {len(tested)} methods were compared with {baseline}; Holm-Bonferroni keeps "
