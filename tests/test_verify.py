@@ -1,10 +1,14 @@
 """Answer extraction and equivalence: realistic model outputs and tricky cases, pinned."""
 
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from sftrl.data import verify_worker
 from sftrl.registry import RegistryError
 from sftrl.data.tasks.base import Problem
 from sftrl.data.rewards import REWARDS, resolve_reward
@@ -95,6 +99,17 @@ def test_symbolic_checks_from_threads_match_main_thread():
     with ThreadPoolExecutor(8) as pool:
         threaded = list(pool.map(lambda pg: is_equiv(pg[0] + "  ", pg[1]), pairs))
     assert threaded == main == [True, True, False, True, True] * 4
+
+
+def test_worker_launches_from_a_bare_environment(tmp_path):
+    # the launch line names the worker module by its package path; when that path went stale the
+    # worker died at import and every symbolic check quietly returned False
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", verify_worker._LAUNCH, verify_worker._ROOT], cwd=tmp_path,
+                         input='["x+1", "1+x"]\n["2", "3"]\n', capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.stdout.split() == ["ready", "1", "0"], out.stderr[-2000:]
+    assert verify_worker.symbolic_equal("x+1", "1+x") is True
 
 
 def test_pathological_input_times_out_and_worker_recovers():
