@@ -20,7 +20,8 @@ TIMEOUT = 20.0
 """Seconds per check: these pairs take milliseconds, and a loaded machine must not turn a slow
 reply into a False."""
 VARIABLES = "".join(c for c in string.ascii_letters if c not in "eEiI")
-"""Letters math-verify reads as variables (e and I are constants to it)."""
+"""Letters math-verify reads as variables: e and I are constants to it (E and i are left out too,
+as in `sftrl.data.verify._ASSIGNMENT`)."""
 UNITS = ["cm", "m", "km", "mm", "kg", "g", "feet", "ft", "inches", "inch", "meters", "metres", "miles",
          "mph", "hours", "hour", "minutes", "seconds", "days", "years", "degrees", "students", "apples",
          "units", "square units", "acres", "gallons", "coins", "toys", "tiles", "men", "women", "yards"]
