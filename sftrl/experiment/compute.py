@@ -57,24 +57,25 @@ def step_cost(runs: list[Run], phase: str, key: str = FLOPS) -> float | None:
 
 
 # -- formats -----------------------------------------------------------------------------------------
-def count(v: float | None) -> str:
-    """12345 -> '12.3k'; None -> '–'."""
+def _scaled(v: float | None, units: tuple, small) -> str:
+    """`v` in the largest unit it reaches (three significant digits), `small(v)` below them all."""
     if v is None:
         return "–"
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    for scale, unit in units:
         if abs(v) >= scale:
             return f"{v / scale:.3g}{unit}"
-    return f"{v:.0f}"
+    return small(v)
+
+
+def count(v: float | None) -> str:
+    """12345 -> '12.3k'; None -> '–'."""
+    return _scaled(v, ((1e9, "B"), (1e6, "M"), (1e3, "k")), lambda x: f"{x:.0f}")
 
 
 def flops(v: float | None) -> str:
     """3.2e12 -> '3.2 TFLOP' (MFLOP to PFLOP, three significant digits); None -> '–'."""
-    if v is None:
-        return "–"
-    for scale, unit in ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g} {unit}"
-    return f"{v:.3g} FLOP"
+    return _scaled(v, ((1e15, " PFLOP"), (1e12, " TFLOP"), (1e9, " GFLOP"), (1e6, " MFLOP")),
+                   lambda x: f"{x:.3g} FLOP")
 
 
 def seconds(v: float | None) -> str:
