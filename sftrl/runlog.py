@@ -43,12 +43,37 @@ LOGS = (METRICS, EVAL, SAMPLES)
 """The append-only logs, truncated to the resumed step when a run resumes."""
 
 
+def umask() -> int:
+    """The process's file-creation mask (Linux reads it from /proc, elsewhere it is set and reset)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path) -> Path:
+    """Give `path` the mode a plain `open()` or `mkdir()` would (0644 / 0755 under umask 022).
+
+    `tempfile.mkstemp` and `mkdtemp` create 0600 / 0700 entries, so a file renamed into place
+    from one would be unreadable to colleagues sharing a results folder."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~umask())
+    return Path(path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path` (mode as
+    `open()` would give it: 0644 under umask 022)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        shareable(Path(tmp))
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
