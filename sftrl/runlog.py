@@ -197,6 +197,12 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.trackers = None
+        """Experiment trackers (`sftrl.trackers.Trackers`) fed every metrics and eval line, then final."""
+
+    def track(self, trackers) -> None:
+        """Send every later metrics.jsonl and eval.jsonl line, and the final numbers, to `trackers`."""
+        self.trackers = trackers
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -225,9 +231,13 @@ class RunDir:
 
     def log(self, name: str, record: dict) -> None:
         append_jsonl(self.file(name), record)
+        if self.trackers is not None and name in (METRICS, EVAL):
+            self.trackers.log(record)
 
     def finish(self, final: dict) -> None:
-        """final.json, the end time in provenance.json, then DONE last."""
+        """final.json, the end time in provenance.json, then DONE last (trackers get final first)."""
+        if self.trackers is not None:
+            self.trackers.finish(final)
         atomic_write_json(self.file(FINAL), final)
         prov_path = self.file(PROVENANCE)
         prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
@@ -245,6 +255,9 @@ class QuietRunDir(RunDir):
         pass
 
     def resume(self, *args, **kwargs) -> None:
+        pass
+
+    def track(self, trackers) -> None:
         pass
 
     def log(self, name: str, record: dict) -> None:

@@ -180,6 +180,23 @@ class LogConfig(Frozen):
     samples_n: int = Field(16, ge=0, description="Rollout completions written each time (whole groups first).")
     progress: Literal["auto", "bar", "plain", "off"] = Field(
         "auto", description="Progress display: bar on a terminal, plain lines otherwise.")
+    report_to: list[str] = Field(
+        default_factory=list, description="Experiment trackers that also get every metrics and eval "
+        "line (same keys and steps), the resolved config and the final numbers: any of "
+        "sftrl.trackers.TRACKERS, each an optional extra (pip install 'sftrl[wandb]'). They write "
+        "under the run directory (W&B offline), so nothing needs a network.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, v):
+        from sftrl.trackers import check
+        check(v)                                     # unknown name or missing package: fail before training
+        return list(dict.fromkeys(v))
 
 
 class CheckpointConfig(Frozen):

@@ -21,7 +21,7 @@ from sftrl.experiment.report_results import REPS
 CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
           "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
           "sft/routed_frac")
-IGNORE = ("seed", "threads", "log.progress", "name")
+IGNORE = ("seed", "threads", "log.progress", "log.report_to", "name")
 
 
 def _band(runs: list[Run], key: str, rng, points: int = 200):
