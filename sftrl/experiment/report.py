@@ -2,6 +2,7 @@
 
 Owns: `write_report` and the order of the report's sections (written by `report_results` and
 `report_runs`) —
+  findings         the answer in a paragraph, when the caller (a study) supplies one; nothing otherwise
   summary          per method: final metric mean, 95% bootstrap CI over seeds, IQM, std, per-seed values
   comparisons      paired differences against a baseline (CI, P(improvement), Welch, Mann-Whitney, Holm)
   sensitivity      every swept hyperparameter: value -> metric with CI, between-value vs seed spread
@@ -27,12 +28,8 @@ from sftrl.experiment.doc import Doc
 from sftrl.experiment.records import load_experiment
 from sftrl.runlog import atomic_write_text
 
-SECTIONS = ("summary", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
+SECTIONS = ("findings", "summary", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
             "provenance", "failures")
-CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
-          "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
-          "sft/routed_frac")
-IGNORE = ("seed", "threads", "log.progress", "name")
 REPS = 2000
 
 
@@ -40,9 +37,11 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:.25em .5em;
 text-align:left;vertical-align:top}th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}
 figcaption{font-size:.8em;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
-nav a{margin-right:1em}"""
+nav a{margin-right:1em}p.lead{font-size:1.05em;border-left:3px solid #4a7;padding-left:.8em}"""
 CHECK = """<script>
-window.__errors=0;window.addEventListener('error',function(){window.__errors++;});
+window.__errors=0;window.addEventListener('error',function(){window.__errors++;},true);
+window.addEventListener('unhandledrejection',function(){window.__errors++;});
+(function(){var e=console.error;console.error=function(){window.__errors++;return e.apply(console,arguments);};})();
 window.addEventListener('load',function(){var im=Array.prototype.slice.call(document.images);
 var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
 document.body.setAttribute('data-images',ok+'/'+im.length);
@@ -51,8 +50,10 @@ document.body.setAttribute('data-errors',String(window.__errors));});
 
 
 def write_report(exp_dir, *, metric: str | None = None, baseline: str | None = None, question: str | None = None,
-                 seed: int = 0, out: str | Path | None = None) -> tuple[Path, Path]:
-    """Write EXP_DIR/report.html (self-contained) and report.md (+ figures/); return both paths."""
+                 seed: int = 0, out: str | Path | None = None, findings: str | None = None) -> tuple[Path, Path]:
+    """Write EXP_DIR/report.html (self-contained) and report.md (+ figures/); return both paths.
+
+    `findings` is the paragraph the report opens with (a study's answer); without it there is none."""
     exp = load_experiment(exp_dir)
     if question is None and exp.study:
         question = exp.study.get("question")
@@ -66,6 +67,7 @@ def write_report(exp_dir, *, metric: str | None = None, baseline: str | None = N
     md_path = html_path.with_suffix(".md")
     doc = Doc(md_path.parent / "figures")
     rng = np.random.default_rng(seed)
+    results.findings(doc, findings)
     summaries = results.summary(doc, exp, metric, rng, question)
     results.comparisons(doc, exp, metric, baseline, summaries, rng)
     results.sensitivity_section(doc, exp, metric, rng)
