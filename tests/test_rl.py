@@ -15,6 +15,7 @@ from sftrl.config import ConfigError, build_config
 from sftrl.registry import RegistryError
 from sftrl.runlog import RunDir
 from sftrl.train.fit import Session, fit, run_rl_step
+from tests.tolerances import U, AbsGrads, assert_adamw_state_close, assert_grads_close, summed_terms
 
 PRESETS = ["grpo", "grpo_trl", "dr_grpo", "dapo", "rloo", "reinforce_pp"]
 SMALL = ["model.tiny.hidden_size=32", "task.train_size=200", "task.test_size=8", "eval.k=2",
@@ -76,19 +77,36 @@ def test_micro_batching_does_not_change_an_rl_step(tmp_path, preset, mini):
     # a higher temperature and an entropy bonus make every term of the loss non-trivial
     extra = [f"rl.algo.preset={preset}", "rl.rollout.temperature=1.5", "rl.algo.entropy.kwargs={coef: 0.01}",
              "rl.algo.kl.coef=0.1", f"rl.algo.mini_batches={mini}", "rl.reward.functions=[{name: format}, {name: correctness}]"]
-    results = []
-    for micro in (None, 3):
+    runs = {}
+    for micro in (None, 3, 1):                 # the whole mini-batch, 3 rows, and one row per backward
         s = _session(tmp_path / str(micro), extra, micro)
         with torch.no_grad():                  # a perturbed policy so KL and ratios are not trivial
             for p in s.model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        metrics = run_rl_step(s)
-        results.append((metrics, [p.detach().clone() for p in s.model.parameters()]))
-    (m0, w0), (m1, w1) = results
-    for key in ("loss/pg", "loss/total", "policy/kl", "policy/entropy", "grad/norm"):
-        assert m1[key] == pytest.approx(m0[key], rel=1e-4, abs=1e-7), key
-    for a, b in zip(w0, w1):
-        assert_close(a, b, atol=1e-6, rtol=1e-5)
+        grads, opt = [], s.optims.get("rl", s.cfg.rl.optim)[0]
+        opt.register_step_pre_hook(lambda o, *a, **k: grads.append([p.grad.detach().clone() for p in s.model.parameters()]))
+        scale = AbsGrads(s.model)
+        opt.register_step_pre_hook(scale.cut)
+        runs[micro] = (s, run_rl_step(s), grads, opt, scale.steps)
+    s0, m0, g0, opt0, _ = runs[None]
+    ro = s0.last_groups.ro
+    tokens = float(ro.completion_mask.sum())                 # per-token terms summed into each entry
+    terms = summed_terms(s0.model, tokens, ro.input_ids.shape[1])
+    S = runs[1][4]                                           # sum over rows of |row gradient|, per optimiser step
+    assert len(g0) == mini
+    for micro in (3, 1):
+        _, m1, g1, opt1, _ = runs[micro]
+        tol = [assert_grads_close(b, a, S[k], terms) for k, (a, b) in enumerate(zip(g0, g1))]
+        assert_adamw_state_close(opt0, opt1, g0, tol)
+        # the logged sums: per-token terms of the clipped surrogate are at most (1 + eps_high) max|adv|
+        # (ratios stay below 2 after one small update), KL (k3) and entropy terms are non-negative
+        adv = float(s0.algo.advantage(s0.last_groups.sc.r).abs().max())
+        size = {"loss/pg": 2 * adv, "policy/kl": m0["policy/kl"], "policy/entropy": m0["policy/entropy"]}
+        size["loss/total"] = size["loss/pg"] + 0.1 * size["policy/kl"] + 0.01 * size["policy/entropy"]
+        for key, bound in size.items():
+            assert m1[key] == pytest.approx(m0[key], rel=0, abs=terms * U * bound + 1e-30), key   # n as for grads
+        norm_tol = sum(t ** 2 * p.numel() for t, p in zip(tol[-1], s0.model.parameters())) ** 0.5   # |d|g|| <= |dg|
+        assert m1["grad/norm"] == pytest.approx(m0["grad/norm"], rel=0, abs=norm_tol), "grad/norm"
 
 
 def glossary_patterns() -> list[re.Pattern]:
