@@ -74,3 +74,16 @@ def assert_adamw_state_close(opt_a, opt_b, grads: list, tol: list) -> None:
         assert_close(b["exp_avg"], a["exp_avg"], rtol=0, atol=(1 - b1 ** t) * dg + 4 * U * float(a["exp_avg"].abs().max()))
         assert_close(b["exp_avg_sq"], a["exp_avg_sq"], rtol=0,
                      atol=(1 - b2 ** t) * (2 * big + dg) * dg + 4 * U * float(a["exp_avg_sq"].abs().max()))
+
+
+def logp_tolerance(model, ids: torch.Tensor, attn: torch.Tensor) -> float:
+    """How far two float32 forward paths' token log-probs may differ: log-softmax moves by at most
+    2 max|dz| for logit changes dz, and a logit z_v = <h, W_v> of the final hidden state h carries
+    the first-order rounding of the whole path, n u sum_k |h_k W_vk| <= n u |h| |W_v| (n from
+    `summed_terms`, no tokens summed); h and W from `model` on these rows."""
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
+    h = out.hidden_states[-1][attn.bool()]                                     # [tokens, hidden]
+    head = model.get_output_embeddings().weight.detach()                       # [V, hidden]
+    scale = float(h.norm(dim=-1).max()) * float(head.norm(dim=-1).max())
+    return 2 * summed_terms(model, 0, ids.shape[1]) * U * scale
