@@ -6,6 +6,8 @@ of the exact sum, u = 2^-24. Each helper names what plays n and sum|terms|. Post
 never compared: AdamW's first update lr * g / (|g| + eps) turns the rounding of a gradient near
 zero into a move of up to 2 lr, so gradients and the optimiser's moments are compared instead."""
 
+import math
+
 import torch
 from torch.testing import assert_close
 
@@ -76,14 +78,25 @@ def assert_adamw_state_close(opt_a, opt_b, grads: list, tol: list) -> None:
                      atol=(1 - b2 ** t) * (2 * big + dg) * dg + 4 * U * float(a["exp_avg_sq"].abs().max()))
 
 
-def logp_tolerance(model, ids: torch.Tensor, attn: torch.Tensor) -> float:
-    """How far two float32 forward paths' token log-probs may differ: log-softmax moves by at most
-    2 max|dz| for logit changes dz, and a logit z_v = <h, W_v> of the final hidden state h carries
-    the first-order rounding of the whole path, n u sum_k |h_k W_vk| <= n u |h| |W_v| (n from
-    `summed_terms`, no tokens summed); h and W from `model` on these rows."""
+def logit_tolerance(model, ids: torch.Tensor, attn: torch.Tensor) -> float:
+    """How far two float32 forward paths' logits may differ: a logit z_v = <h, W_v> of the final
+    hidden state h carries the first-order rounding of the whole path, n u sum_k |h_k W_vk| <=
+    n u |h| |W_v| (n from `summed_terms`, no tokens summed); h and W from `model` on these rows."""
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
     h = out.hidden_states[-1][attn.bool()]                                     # [tokens, hidden]
     head = model.get_output_embeddings().weight.detach()                       # [V, hidden]
     scale = float(h.norm(dim=-1).max()) * float(head.norm(dim=-1).max())
-    return 2 * summed_terms(model, 0, ids.shape[1]) * U * scale
+    return summed_terms(model, 0, ids.shape[1]) * U * scale
+
+
+def logp_tolerance(model, ids: torch.Tensor, attn: torch.Tensor) -> float:
+    """Token log-probs: log-softmax moves by at most 2 max|dz| for logit changes dz."""
+    return 2 * logit_tolerance(model, ids, attn)
+
+
+def entropy_tolerance(model, ids: torch.Tensor, attn: torch.Tensor) -> float:
+    """Token entropies: dH/dz_i = -p_i (log p_i + H), so |dH| <= max|dz| sum_i p_i |log p_i + H|
+    <= 2 H max|dz| <= 2 log(V) max|dz|."""
+    V = model.get_output_embeddings().weight.shape[0]
+    return 2 * math.log(V) * logit_tolerance(model, ids, attn)
