@@ -131,8 +131,13 @@ class _Trackio:
         self._run.log(metrics, step=step)
 
     def finish(self, final: dict, step: int) -> None:
+        import trackio
         self._run.log({f"final/{k}": v for k, v in final.items()}, step=step)
-        self._run.finish()
+        current = getattr(getattr(trackio, "context_vars", None), "current_run", None)
+        if current is not None and current.get() is self._run:
+            trackio.finish()                          # also clears it, so trackio's exit hook does not finish it again
+        else:
+            self._run.finish()
 
 
 class _MLflow:
