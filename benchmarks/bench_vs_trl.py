@@ -7,9 +7,13 @@ normalisation (TRL loss_type="grpo" = our `grpo` preset), fp32, no gradient chec
 same threads. Each side runs in its own subprocess so peak RSS is its own.
 
     python benchmarks/bench_vs_trl.py [--steps 6] [--hidden 256] [--layers 4] [--threads 2]
+    python benchmarks/bench_vs_trl.py --study      # the default study's RL step (its model and shape)
 
-Prints one JSON line per side and the ratio of median step times (ours / TRL). Needs `trl`
-(pip install -e .[trl]).
+Prints one JSON line per side, the ratio of median step times (ours / TRL) and seed-steps per
+second of each side (one seed's rollout and its optimiser steps per second; a single process
+trains one seed at a time, so this is 1 / step time) with their ratio (ours / TRL). With
+`--mini-batches M` both sides take M optimiser steps per rollout (TRL: steps_per_generation M on
+batches of P*G/M). Needs `trl` (pip install -e .[trl]).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-P, G, MAX_NEW, BETA, EPS = 16, 8, 64, 0.04, 0.2
+P, G, MAX_NEW, BETA, EPS, MINI = 16, 8, 64, 0.04, 0.2, 1
+STUDY = {"hidden": 64, "layers": 2, "prompts": 8, "group": 8, "max_new": 56, "mini_batches": 2}
+"""The default study's RL step: sftrl.experiment.study.DEFAULT's model and rollout shape."""
 
 
 def make_model(out: Path, hidden: int, layers: int) -> None:
@@ -55,7 +61,7 @@ def run_ours(model_dir: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = build_config({"phases": [{"kind": "rl", "steps": steps}]}, [
         f"model.name={model_dir}", "rl.algo.preset=grpo", f"rl.algo.kl.coef={BETA}",
-        f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}",
+        f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}", f"rl.algo.mini_batches={MINI}",
         f"rl.rollout.max_new_tokens={MAX_NEW}", "rl.optim.lr=1e-5", "task.train_size=2000"])
     s = Session.build(cfg, RunDir(tempfile.mkdtemp()))
     s.policy = replace(s.policy, ref=copy.deepcopy(s.model).eval().requires_grad_(False))
@@ -94,10 +100,11 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
         def on_step_end(self, args, state, control, **kw):
             stamps.append(["end", time.perf_counter()])
 
-    args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=P * G, num_generations=G,
-                          gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+    args = trl.GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=P * G // MINI,
+                          num_generations=G, gradient_accumulation_steps=1, steps_per_generation=MINI,
+                          num_iterations=1,
                           max_completion_length=MAX_NEW, temperature=1.0, beta=BETA, epsilon=EPS,
-                          loss_type="grpo", learning_rate=1e-5, max_steps=steps, bf16=False, fp16=False,
+                          loss_type="grpo", learning_rate=1e-5, max_steps=steps * MINI, bf16=False, fp16=False,
                           use_cpu=True, gradient_checkpointing=False, report_to=[], logging_steps=1,
                           save_strategy="no", use_bias_correction_kl=False, dataloader_num_workers=0,
                           seed=0)
@@ -107,20 +114,33 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
     trainer.train()
     begins = [t for k, t in stamps if k == "begin"]
     ends = [t for k, t in stamps if k == "end"]
-    # TRL generates inside the step (in _prepare_inputs), so begin->end covers the whole step
+    # TRL generates inside the step (in _prepare_inputs), so begin->end covers the whole step; a
+    # rollout's MINI optimiser steps together are one of our steps
     times = [e - b for b, e in zip(begins, ends)]
+    times = [sum(times[i:i + MINI]) for i in range(0, len(times) - MINI + 1, MINI)]
     return {"side": "trl", "trl_version": trl.__version__, "step_s": times, "peak_rss_mb": peak_mb()}
 
 
 def main() -> None:
+    global P, G, MAX_NEW, MINI
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=P)
+    ap.add_argument("--group", type=int, default=G)
+    ap.add_argument("--max-new", type=int, default=MAX_NEW)
+    ap.add_argument("--mini-batches", type=int, default=MINI)
+    ap.add_argument("--study", action="store_true", help="the default study's model and RL step shape")
     ap.add_argument("--side", choices=["sftrl", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.study:
+        a.hidden, a.layers, a.prompts, a.group = STUDY["hidden"], STUDY["layers"], STUDY["prompts"], STUDY["group"]
+        a.max_new, a.mini_batches = STUDY["max_new"], STUDY["mini_batches"]
+    P, G, MAX_NEW, MINI = a.prompts, a.group, a.max_new, a.mini_batches
+    shape = ["--prompts", str(P), "--group", str(G), "--max-new", str(MAX_NEW), "--mini-batches", str(MINI)]
     if a.side:
         fn = run_ours if a.side == "sftrl" else run_trl
         print("RESULT " + json.dumps(fn(a.model, a.steps, a.threads)))
@@ -130,7 +150,7 @@ def main() -> None:
     results = {}
     for side in ("sftrl", "trl"):
         out = subprocess.run([sys.executable, __file__, "--side", side, "--model", str(model_dir),
-                              "--steps", str(a.steps), "--threads", str(a.threads)],
+                              "--steps", str(a.steps), "--threads", str(a.threads), *shape],
                              capture_output=True, text=True)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -142,8 +162,12 @@ def main() -> None:
         summary[side] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["peak_rss_mb"]}
         print(json.dumps({side: summary[side], "steps_s": [round(t, 3) for t in r["step_s"]]}))
     ratio = summary["sftrl"]["median_step_s"] / summary["trl"]["median_step_s"]
+    rates = {side: 1.0 / summary[side]["median_step_s"] for side in summary}
     print(json.dumps({"ratio_step_time_ours_over_trl": round(ratio, 3),
+                      "seed_steps_per_s": {k: round(v, 3) for k, v in rates.items()},
+                      "ratio_seed_steps_per_s_ours_over_trl": round(rates["sftrl"] / rates["trl"], 3),
                       "workload": {"prompts": P, "group": G, "max_new_tokens": MAX_NEW, "beta": BETA,
+                                   "mini_batches": MINI,
                                    "epsilon": EPS, "hidden": a.hidden, "layers": a.layers,
                                    "threads": a.threads, "trl": results["trl"].get("trl_version")},
                       "parts_sftrl_last": results["sftrl"]["parts"][-1]}))

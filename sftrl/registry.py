@@ -74,8 +74,15 @@ def check_kwargs(fn: Callable, kwargs: dict, where: str) -> None:
 
 
 def bind(registry: Registry, name: str, kwargs: dict | None = None) -> Callable:
-    """Look up `name` and bind keyword hyperparameters once, checked against the signature."""
+    """Look up `name` and bind keyword hyperparameters once, checked against the signature: an
+    unknown one, or a required one left out, fails here (at config time), not at the first call."""
     fn = registry[name]
     kwargs = dict(kwargs or {})
-    check_kwargs(fn, kwargs, f"{registry.kind} {name!r}")
+    where = f"{registry.kind} {name!r}"
+    check_kwargs(fn, kwargs, where)
+    missing = [n for n, p in inspect.signature(fn).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and p.default is p.empty and n not in kwargs]
+    if missing:
+        raise ValueError(f"{where} needs {', '.join(missing)}: give it in its _kwargs, e.g. "
+                         f"{{{missing[0]}: ...}}")
     return functools.partial(fn, **kwargs) if kwargs else fn

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sftrl.algos.policy import ADVANTAGES, KL, SURROGATES, WEIGHTINGS, clip_indicators, overlong_penalty
+from sftrl.algos.policy import (ADVANTAGES, KL, SURROGATES, TOKEN_ADVANTAGES, WEIGHTINGS, clip_indicators,
+                                overlong_penalty)
 from tests.reference import grpo_loop, rloo_loop, token_loss_loop
 
 R = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])   # [P=3, G=4]
@@ -104,20 +105,27 @@ def test_weightings_by_hand():
     assert_close(WEIGHTINGS["token_mean"](MASK), MASK / 8)
     assert_close(WEIGHTINGS["seq_mean_token_mean"](MASK)[:, 0], torch.tensor([1 / 8, 1 / 4, 1 / 12, 1 / 8]))
     assert_close(WEIGHTINGS["const_len"](MASK, max_len=5), MASK / 20)
-    assert_close(WEIGHTINGS["sum_over_lpad"](MASK), MASK / 3)
+    assert_close(WEIGHTINGS["seq_mean_token_sum_norm"](MASK, max_len=5), MASK / 5)
+    assert_close(WEIGHTINGS["seq_mean_token_sum"](MASK), MASK / 4)
+    empty = torch.cat([MASK, torch.zeros(1, 3)])                                # a row with no tokens
+    assert_close(WEIGHTINGS["seq_mean_token_sum"](empty), empty / 4)             # counts sequences with tokens
 
 
-@pytest.mark.parametrize("weighting", ["token_mean", "seq_mean_token_mean", "const_len", "sum_over_lpad"])
+WITH_LEN = ("const_len", "seq_mean_token_sum_norm")
+
+
+@pytest.mark.parametrize("weighting", ["token_mean", "seq_mean_token_mean", "const_len", "seq_mean_token_sum_norm"])
 def test_weightings_match_oracle(weighting):
     g = torch.Generator().manual_seed(2)
     per_token = torch.randn(4, 3, generator=g)
-    kw = {"max_len": 5} if weighting == "const_len" else {}
+    kw = {"max_len": 5} if weighting in WITH_LEN else {}
     got = (per_token * WEIGHTINGS[weighting](MASK, **kw)).sum()
     expected = token_loss_loop(per_token.tolist(), MASK.tolist(), weighting, max_len=5)
     assert_close(got, torch.tensor(expected))
 
 
-@pytest.mark.parametrize("weighting", ["token_mean", "seq_mean_token_mean", "const_len", "sum_over_lpad"])
+@pytest.mark.parametrize("weighting", ["token_mean", "seq_mean_token_mean", "const_len", "seq_mean_token_sum",
+                                       "seq_mean_token_sum_norm"])
 @pytest.mark.parametrize("surrogate", ["ppo_clip", "no_clip", "reinforce", "gspo"])
 def test_micro_batches_sum_to_full_batch(weighting, surrogate):
     g = torch.Generator().manual_seed(0)
@@ -125,12 +133,31 @@ def test_micro_batches_sum_to_full_batch(weighting, surrogate):
     old = logp + 0.1 * torch.randn(8, 5, generator=g)
     adv = torch.randn(8, 1, generator=g)
     mask = (torch.rand(8, 5, generator=g) > 0.3).float()
-    w = WEIGHTINGS[weighting](mask, **({"max_len": 5} if weighting == "const_len" else {}))
+    w = WEIGHTINGS[weighting](mask, **({"max_len": 5} if weighting in WITH_LEN else {}))
 
     def loss(rows):
         return (SURROGATES[surrogate](logp[rows], old[rows], adv[rows], mask[rows]) * w[rows]).sum()
     parts = sum(loss(slice(i, i + 2)) for i in range(0, 8, 2))
     assert_close(parts, loss(slice(0, 8)))
+
+
+def test_reinforce_pp_by_hand():
+    # two sequences of 2 and 1 tokens; scores 1 and 0; per-token KL 0.1 on every valid token
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    kl = torch.full((2, 2), 0.1) * mask
+    adv = TOKEN_ADVANTAGES["reinforce_pp"](torch.tensor([1.0, 0.0]), kl, mask, gamma=1.0)
+    # token rewards [-0.1, 0.9], [-0.1]; returns to go [0.8, 0.9], [-0.1]
+    returns = torch.tensor([0.8, 0.9, -0.1])
+    mean, std = returns.mean(), returns.std()                                   # unbiased over the 3 tokens
+    expected = torch.tensor([[0.8, 0.9], [-0.1, 0.0]])
+    expected[mask > 0] = (returns - mean) / torch.sqrt(std ** 2 + 1e-8)
+    assert_close(adv, expected)
+    # discounting: gamma 0.5 halves what flows back one token
+    adv_g = TOKEN_ADVANTAGES["reinforce_pp"](torch.tensor([1.0, 0.0]), torch.zeros(2, 2), mask, gamma=0.5)
+    r = torch.tensor([0.5, 1.0, 0.0])
+    expected_g = torch.zeros(2, 2)
+    expected_g[mask > 0] = (r - r.mean()) / torch.sqrt(r.std() ** 2 + 1e-8)
+    assert_close(adv_g, expected_g)
 
 
 def test_kl_estimators_by_hand():

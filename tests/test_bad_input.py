@@ -107,9 +107,9 @@ CASES = [
     ("group_size_1", "base.yaml", ["rl.rollout.group_size=1"], "finished",
      ["'rl.rollout.group_size'", "use >= 2"]),
     ("eps_low_negative", "base.yaml", ["rl.algo.surrogate_kwargs.eps_low=-0.1"], "finished",
-     ["rl.algo.surrogate_kwargs.eps_low=-0.1", "needs 0 <= eps_low < 1"]),
-    ("eps_low_one", "base.yaml", ["rl.algo.surrogate_kwargs.eps_low=1"], "finished",
-     ["rl.algo.surrogate_kwargs.eps_low=1", "needs 0 <= eps_low < 1"]),
+     ["rl.algo.surrogate_kwargs.eps_low=-0.1", "needs 0 <= eps_low <= 1"]),
+    ("eps_low_above_one", "base.yaml", ["rl.algo.surrogate_kwargs.eps_low=1.5"], "finished",
+     ["rl.algo.surrogate_kwargs.eps_low=1.5", "needs 0 <= eps_low <= 1"]),
     ("eps_high_negative", "base.yaml", ["rl.algo.surrogate_kwargs.eps_high=-0.2"], "finished",
      ["rl.algo.surrogate_kwargs.eps_high=-0.2", "needs eps_high >= 0"]),
     ("negative_lr", "base.yaml", ["rl.optim.lr=-1e-4"], "finished",
@@ -240,7 +240,7 @@ def test_eos_without_pad_pads_with_eos(tmp_path):
 
 def test_asymmetric_clip_either_way_is_accepted():
     # eps_high < eps_low is an unusual but valid clip range [0.7, 1.1] around 1; only widths that
-    # leave 1 - eps_low <= 0 or a negative eps_high are errors
+    # leave 1 - eps_low < 0 or a negative eps_high are errors (eps_low = 1 is Clip-Cov's recipe)
     cfg = build_config({}, ["rl.algo.surrogate_kwargs={eps_low: 0.3, eps_high: 0.1}"])
     assert cfg.rl.algo.surrogate_kwargs == {"eps_low": 0.3, "eps_high": 0.1}
     cfg = build_config({}, ["rl.algo.preset=dapo"])

@@ -2,11 +2,13 @@
 global normalisers, advantages over every rank's groups, summed gradients, one SFT update; and
 `accelerate launch` runs `sftrl train` end to end with one writer."""
 
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,8 @@ def _sft_update(rank: int, world: int, init: str, out: str) -> None:
     local_rows = torch.tensor(rows)
     full_mask = _mask(LENGTHS, 8)
     local_mask = full_mask[local_rows][:, :int(full_mask[local_rows].sum(1).max())]
-    weights = {name: dist.global_weights(fn if name != "const_len" else (lambda x: fn(x, max_len=8)), local_mask)
+    weights = {name: dist.global_weights(partial(fn, max_len=8) if "max_len" in inspect.signature(fn).parameters else fn,
+                                         local_mask)
                for name, fn in algos.WEIGHTINGS.items()}
     r = torch.arange(12.0).view(6, 2) ** 1.5
     adv = dist.global_rows(lambda x: algos.ADVANTAGES["grpo"](x, std_scope="batch"), r[local_rows])

@@ -51,42 +51,45 @@ def test_controller_state_round_trip_and_errors():
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
 
 
-def test_top_entropy_keeps_the_top_fraction():
+def test_top_entropy_keeps_the_top_fraction_for_the_loss_and_the_bonus():
     ent = torch.tensor([[0.1, 0.9, 0.5, 9.0], [0.2, 0.8, 0.3, 0.7]])
-    keep, pen = TOKEN_FILTERS["top_entropy"](torch.zeros(2, 4), torch.zeros(2, 1), ent, MASK, rho=0.3)
+    z = torch.zeros(2, 4)
+    keep, keep_ent, pen = TOKEN_FILTERS["top_entropy"](z, z, torch.zeros(2, 1), ent, MASK, rho=0.3)
     # valid entropies sorted: .1 .2 .3 .5 .7 .8 .9 ; 0.7 quantile (linear) = 0.74 -> keep .8 .9
     assert keep.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
-    assert pen.sum() == 0
+    assert torch.equal(keep_ent, keep) and pen.sum() == 0                  # the bonus is restricted too
 
 
 def _cov_case():
-    old_logp = torch.tensor([[-0.1, -3.0, -0.2, 0.0], [-4.0, -0.1, -0.3, -2.0]])
+    logp = torch.tensor([[-0.1, -3.0, -0.2, 0.0], [-4.0, -0.1, -0.3, -2.0]])
     adv = torch.tensor([[2.0], [-2.0]])
-    return old_logp, adv
+    return logp, adv
 
 
-def test_clip_cov_detaches_floor_ratio_tokens_in_band():
-    old_logp, adv = _cov_case()
+def test_clip_cov_detaches_at_least_one_token_in_band():
+    logp, adv = _cov_case()
     # mean logp over 7 valid tokens = -9.7/7; mean A = (3*2 - 4*2)/7 = -2/7
-    g = torch.Generator().manual_seed(0)
-    keep, _ = TOKEN_FILTERS["clip_cov"](old_logp, adv, None, MASK, gen=g, ratio=0.3, cov_low=0.5, cov_high=5.0)
-    mean_lp, mean_a = -9.7 / 7, -2 / 7
-    cov = (old_logp - mean_lp) * (adv - mean_a) * MASK
-    band = ((cov > 0.5) & (cov < 5.0)).float()
-    assert int((1 - keep).sum()) == min(int(0.3 * 7), int(band.sum()))
-    assert ((1 - keep) <= band).all()                           # only in-band tokens are detached
-    g2 = torch.Generator().manual_seed(0)
-    assert torch.equal(TOKEN_FILTERS["clip_cov"](old_logp, adv, None, MASK, gen=g2, ratio=0.3,
-                                                 cov_low=0.5, cov_high=5.0)[0], keep)
-
-
-def test_kl_cov_penalises_top_k_covariance():
-    old_logp, adv = _cov_case()
-    keep, pen = TOKEN_FILTERS["kl_cov"](old_logp, adv, None, MASK, k=0.3, coef=2.0)
-    mean_lp, mean_a = -9.7 / 7, -2 / 7
-    cov = ((old_logp - mean_lp) * (adv - mean_a)).masked_fill(MASK == 0, -math.inf)
-    top = cov.flatten().topk(2).indices
-    expected = torch.zeros(8)
-    expected[top] = 2.0
-    assert_close(pen, expected.view(2, 4))
+    cov = (logp - (-9.7 / 7)) * (adv - (-2 / 7)) * MASK
+    band = ((cov > 0.5) & (cov < 5.0)).float() * MASK
+    for ratio, n in ((0.3, 2), (1e-4, 1)):                     # floor(ratio * 7), at least 1
+        keep, keep_ent, pen = TOKEN_FILTERS["clip_cov"](logp, logp, adv, None, MASK, gen=torch.Generator().manual_seed(0),
+                                                        clip=(0.2, 0.2), ratio=ratio, cov_low=0.5, cov_high=5.0)
+        assert int((1 - keep).sum()) == min(n, int(band.sum())) and ((1 - keep) <= band).all()
+        assert keep_ent.sum() == 8 and pen.sum() == 0
+    # a token PPO already clips is never a candidate: move every in-band token's ratio out of range
+    old = logp - 1.0 * band * torch.sign(adv)                  # ratio e on A>0 in-band tokens, e^-1 on A<0
+    keep, _, _ = TOKEN_FILTERS["clip_cov"](logp, old, adv, None, MASK, gen=torch.Generator().manual_seed(0),
+                                           clip=(0.2, 0.2), ratio=0.3, cov_low=0.5, cov_high=5.0)
     assert keep.sum() == 8
+
+
+def test_kl_cov_penalises_the_top_k_covariance_tokens():
+    logp, adv = _cov_case()
+    keep, keep_ent, pen = TOKEN_FILTERS["kl_cov"](logp, logp, adv, None, MASK, k=0.3, coef=2.0)
+    cov = ((logp - (-9.7 / 7)) * (adv - (-2 / 7))).masked_fill(MASK == 0, -math.inf)
+    expected = torch.zeros(8)
+    expected[cov.flatten().topk(2).indices] = 2.0                           # floor(0.3 * 7) = 2
+    assert_close(pen, expected.view(2, 4))
+    assert keep.sum() == 8 and keep_ent.sum() == 8
+    _, _, pen = TOKEN_FILTERS["kl_cov"](logp, logp, adv, None, MASK, k=1e-4, coef=2.0)
+    assert pen.sum() == 2.0                                                 # at least one token

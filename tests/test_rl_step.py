@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sftrl.algos import entropy
-from sftrl.algos.algo import Algo
+from sftrl.algos.algo import Algo, Controllers
+from sftrl.algos.kl_control import FixedKL
 from sftrl.config import build_config
 from sftrl.config.schema import TinyModelConfig
 from sftrl.data.streams import ProblemStream
@@ -46,7 +47,7 @@ def test_one_step_from_its_arguments_alone():
     p, update, streams, cfg, opt = _parts(["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=2",
                                           "rl.algo.entropy={mode: scheduled, kwargs: {start: 0.01, steps: 4}}"])
     algo = Algo.from_config(cfg)
-    ctl = entropy.make_controller(cfg.algo.entropy.mode, cfg.algo.entropy.kwargs)
+    ctl = Controllers(entropy.make_controller(cfg.algo.entropy.mode, cfg.algo.entropy.kwargs), FixedKL(0.0))
     before = [w.detach().clone() for w in p.model.parameters()]
     metrics, ctl2, g = rl_step(p, update, streams, cfg, algo, ctl, 0, torch.Generator().manual_seed(0))
     assert g.ro.prompt_ids.shape[0] == P * G and len(g.problems) == P and g.sc.r.shape == (P, G)
@@ -54,15 +55,15 @@ def test_one_step_from_its_arguments_alone():
     assert math.isfinite(metrics["loss/total"]) and metrics["policy/entropy"] > 0
     assert all(opt.state[w]["step"] == 2 for w in p.model.parameters())          # one step per mini-batch
     assert any(not torch.equal(a, b) for a, b in zip(before, p.model.parameters()))
-    assert ctl2 == ctl.update(metrics["policy/entropy"], 0) and ctl2 != ctl      # the next controller
-    assert metrics["entropy/coef"] == ctl.coef == 0.01
+    assert ctl2.entropy == ctl.entropy.update(metrics["policy/entropy"], 0) and ctl2 != ctl   # the next controllers
+    assert metrics["entropy/coef"] == ctl.entropy.coef == 0.01
 
 
 def test_the_same_arguments_give_the_same_step():
     runs = []
     for _ in range(2):
         p, update, streams, cfg, _ = _parts(["rl.algo.preset=grpo_trl"])
-        ctl = entropy.make_controller("off", {})
+        ctl = Controllers(entropy.make_controller("off", {}), FixedKL(0.0))
         m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), ctl, 0, torch.Generator().manual_seed(3))
         runs.append((m["loss/total"], g.ro.texts, [w.detach().clone() for w in p.model.parameters()]))
     assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
@@ -70,13 +71,13 @@ def test_the_same_arguments_give_the_same_step():
 
 
 def test_demonstrations_join_the_step_as_sft_rows():
-    p, update, streams, cfg, _ = _parts(["rl.algo.preset=joint"])
+    p, update, streams, cfg, _ = _parts(["rl.algo.preset=joint", "rl.algo.mini_batches=1"])
     ahead = ProblemStream(streams.train.problems, np.random.default_rng(0))      # the same draws
     demos = p.demos(ahead.next(P))
     with torch.no_grad():                                   # token-mean NLL of the demonstrations, before the update
         logp = logprobs.token_logp(p.model, demos.input_ids, demos.attention_mask, demos.prompt_ids.shape[1])
     nll = float(-(logp * demos.completion_mask).sum() / demos.completion_mask.sum())
-    m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), entropy.make_controller("off", {}), 0,
+    m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), Controllers(entropy.make_controller("off", {}), FixedKL(0.0)), 0,
                       torch.Generator().manual_seed(0))
     assert m["sft/rows"] == P and m["sft/weight"] == 1.0 and g.routed == g.problems
     assert m["loss/sft"] == pytest.approx(nll, rel=1e-5)
@@ -90,12 +91,16 @@ def _algo(*overrides):
 
 def test_kl_goes_to_the_loss_or_to_the_reward():
     grpo = _algo("rl.algo.preset=grpo")
-    assert (grpo.kl_loss_coef, grpo.kl_reward_coef, grpo.needs_ref, grpo.needs_old_logp) == (0.04, 0.0, True, False)
+    assert (grpo.kl_in_loss, grpo.kl_in_reward, grpo.needs_ref, grpo.needs_old_logp) == (True, False, True, False)
     rloo = _algo("rl.algo.preset=rloo")                     # KL in the reward needs the behaviour log-probs
-    assert (rloo.kl_loss_coef, rloo.kl_reward_coef, rloo.needs_old_logp) == (0.0, 0.01, True)
+    assert (rloo.kl_in_loss, rloo.kl_in_reward, rloo.needs_old_logp) == (False, True, True)
     off = _algo("rl.algo.preset=grpo_trl", "rl.algo.kl.log=false")
-    assert (off.kl_loss_coef, off.kl_reward_coef, off.needs_ref) == (0.0, 0.0, False)
+    assert (off.kl_in_loss, off.kl_in_reward, off.needs_ref) == (False, False, False)
     assert _algo("rl.algo.preset=grpo_trl").needs_ref      # KL logged at coef 0
+    adaptive = _algo("rl.algo.preset=grpo", "rl.algo.kl.target=0.05")      # measured from behaviour vs reference
+    assert adaptive.needs_old_logp and adaptive.kl_in_loss
+    pp = _algo("rl.algo.preset=reinforce_pp")
+    assert pp.token_advantage and pp.kl_in_reward and not _algo("rl.algo.preset=rloo").token_advantage
 
 
 @pytest.mark.parametrize("overrides, needed", [
@@ -103,9 +108,17 @@ def test_kl_goes_to_the_loss_or_to_the_reward():
     (["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=2"], True),         # later mini-batches are off-policy
     (["rl.algo.preset=grpo_trl", "rl.algo.token_filter=top_entropy"], True),   # filters read them
     (["rl.algo.preset=dr_grpo"], True),                                        # 8 updates per rollout
+    (["rl.algo.preset=grpo_trl", "rl.algo.epochs=2"], True),                   # the second pass is off-policy
 ])
 def test_behaviour_log_probs_are_computed_only_when_read(overrides, needed):
     assert _algo(*overrides).needs_old_logp is needed
+
+
+def test_passes_and_shuffling():
+    dr = _algo("rl.algo.preset=dr_grpo")
+    assert (dr.mini_batches, dr.epochs, dr.shuffle) == (8, 1, True)                 # oat permutes rows
+    luffy = _algo("rl.algo.preset=luffy")
+    assert (luffy.mini_batches, luffy.epochs, luffy.shuffle) == (2, 1, False)       # train 128 / mini 64
 
 
 def test_clip_range_comes_from_the_surrogate():
@@ -138,3 +151,18 @@ def test_a_per_row_weight_cannot_be_mixed_convexly():
         build_config({}, ["rl.algo.preset=srft", "rl.hybrid.mix=convex"])
     with pytest.raises(KeyError, match="did you mean 'chord_mu'"):
         build_config({}, ["rl.algo.preset=chord", "rl.hybrid.weight=chord_m"])
+
+
+def test_compute_accounting_of_a_step():
+    p, update, streams, cfg, _ = _parts(["rl.algo.preset=grpo_trl", "rl.algo.mini_batches=1"])
+    N = sum(w.numel() for w in p.model.parameters())                           # tied embeddings once
+    assert p.n_params == N
+    m, _, g = rl_step(p, update, streams, cfg, Algo.from_config(cfg), Controllers(entropy.make_controller("off", {}),
+                      FixedKL(0.0)), 0, torch.Generator().manual_seed(0))
+    prompts = float(sum(len(p.prompt(q)) for q in g.problems))                 # one character per token
+    generated = float(g.ro.completion_mask.sum())
+    assert m["compute/prompt_tokens"] == prompts and m["compute/generated_tokens"] == generated
+    assert m["compute/trained_tokens"] == generated                           # one pass, no SFT rows
+    # decode 2N(prompts + generated); no behaviour pass (one step per rollout); the KL reference is
+    # off here (no ref given); one training pass 6N over each distinct prompt once and every completion
+    assert m["compute/flops"] == 2 * N * (prompts + generated) + 6 * N * (prompts + generated)

@@ -36,7 +36,7 @@ def test_quick_study_runs_end_to_end_and_the_report_has_every_section(quick):
     assert f"report: {out / 'report.html'}" in stdout and "| sft | 2 |" in stdout     # results table printed
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
-    for sid in SECTIONS[1:-1]:                   # no findings paragraph supplied, no failures in this study
+    for sid in SECTIONS[:-1]:                                   # no failures in this study
         assert f'<section id="{sid}">' in page, sid
     for heading in ("## Summary", "## Paired comparisons against sft", "## Sensitivity to hyperparameters",
                     "## Learning curves", "## Distributions", "## Hyperparameters", "## Provenance"):
@@ -59,6 +59,21 @@ def test_quick_study_runs_end_to_end_and_the_report_has_every_section(quick):
     for c in captions:
         assert re.search(r"n = \d+ runs, \d+ seeds \(", c) and ("CI" in c or "band" in c or "no interval" in c), c
     assert '{"' not in page.split("<h2>Hyperparameters")[0]                   # no JSON dicts as labels
+
+
+@pytest.mark.slow
+def test_quick_study_measures_itself(quick):
+    """Power, validity and compute read from what the training half really writes."""
+    out, _ = quick
+    md = (out / "report.md").read_text()
+    summary = md.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
+    assert "Testbed validity: " in summary.split("\n\n")[0] and "![Mean final" in summary
+    assert "an RL step cost" in summary and "FLOPs per run relative to sft: grpo" in summary
+    flops_cells = [r.split(" | ")[-2] for r in summary.splitlines() if r.startswith("| grpo | 2 |")]
+    assert flops_cells and flops_cells[0].endswith("FLOP")
+    validity = md.split("## Testbed validity\n", 1)[1].split("\n## ", 1)[0]
+    assert sum(r.startswith("| ") for r in validity.splitlines()) == 1 + 6        # the header and six checks
+    assert "| MDE at 80% power (points) | seeds for a 1-point effect |" in md
 
 
 @pytest.mark.slow
@@ -207,15 +222,3 @@ def test_smoke_shrinks_any_study_and_every_run_config_is_valid(tmp_path):
             assert cfg.steps_of("sft") + cfg.steps_of("rl") <= 4 or r in warm_runs
     assert load_study(str(ROOT / "configs/studies/real-smollm2.yaml"))["base"]["model"]["name"] == "smollm2-135m"
 
-
-def test_a_supplied_findings_paragraph_opens_the_report_and_none_is_invented(tmp_path):
-    runs = [_run(tmp_path, f"a_s{i}", "a", i, 0.1 * i) for i in range(2)]
-    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "metric": "eval/arith/acc_strict", "baseline": None,
-                                                     "methods": {"a": []}, "grid": {}, "sensitivity": None,
-                                                     "seeds": [0, 1], "runs": runs}))
-    write_report(tmp_path)
-    assert 'id="findings"' not in (tmp_path / "report.html").read_text()
-    write_report(tmp_path, findings="A answers the question.")
-    page = (tmp_path / "report.html").read_text()
-    assert page.index('id="findings"') < page.index('id="summary"') and '<p class="lead">A answers the question.</p>' in page
-    assert (tmp_path / "report.md").read_text().split("\n## ")[1].startswith("Findings\nA answers the question.")

@@ -124,4 +124,4 @@ def test_rl_step_is_short_and_never_compares_a_config_string():
         isinstance(c, ast.Constant) and isinstance(c.value, str) for c in [n.left, *n.comparators])]
     assert not compares, f"rl_step chooses behaviour by name: {compares}"
     params = list(inspect.signature(rl_step).parameters)
-    assert params == ["p", "update", "streams", "cfg", "algo", "ctl", "t", "gen"]
+    assert params == ["p", "update", "streams", "cfg", "algo", "ctls", "t", "gen"]

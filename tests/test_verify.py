@@ -1,14 +1,36 @@
-"""Answer extraction and equivalence: realistic model outputs and tricky cases, pinned."""
+"""Answer extraction and equivalence: realistic model outputs and tricky cases, pinned.
 
+`tests/data/verify_cases.tsv` holds labelled pairs of the kinds math-verify's own test suite
+covers; `expected` is math-verify's verdict as the worker computes it."""
+
+import csv
+import os
+import subprocess
+import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from sftrl.data import verify_worker
 from sftrl.registry import RegistryError
 from sftrl.data.tasks.base import Problem
 from sftrl.data.rewards import REWARDS, resolve_reward
-from sftrl.data.verify import extract, extract_flexible, extract_strict, is_correct, is_equiv, to_number
+from sftrl.data import verify
+from sftrl.data.verify import (clean_answer, extract, extract_flexible, extract_strict, is_correct, is_equiv,
+                               to_number)
+
+CASES = Path(__file__).parent / "data" / "verify_cases.tsv"
+TIMEOUT = 20.0
+"""Seconds per check in the labelled-case tests: they take milliseconds; a loaded machine must not
+turn a slow reply into a False."""
+
+
+def labelled_cases() -> list[dict]:
+    with CASES.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 @pytest.mark.parametrize("text, strict, flexible", [
@@ -61,11 +83,67 @@ def test_to_number(s, value):
     ("1,234", "1234", True), ("1234", "1,234", True), ("-7", "-7", True), ("-7", "7", False),
     ("0.50", "0.5", True), ("3.5", "7/2", True), ("\\frac{1}{2}", "0.5", True),
     ("0.5", "\\frac{1}{2}", True), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True),
-    ("x+1", "1+x", True), ("x+2", "1+x", False), ("12", "13", False), ("12 apples", "12", False),
-    (None, "3", False), ("", "3", False),
+    ("x+1", "1+x", True), ("x+2", "1+x", False), ("12", "13", False), ("12 apples", "12", True),
+    ("x = 9", "9", True), ("9", "k=9", True), ("50%", "50", True), ("(9)", "9", True), ("9 dollars", "9", False),
+    ("\u0663", "3", False), ("9\u200b", "9", False), (None, "3", False), ("", "3", False),
 ])
 def test_equivalence(pred, gold, equal):
-    assert is_equiv(pred, gold) is equal
+    # math-verify's verdict on raw strings: units from its list, assignments, percents and brackets
+    # are read; Unicode digits and invisible characters are not (extraction cleans those)
+    assert is_equiv(pred, gold, timeout=TIMEOUT) is equal
+
+
+_CASES = labelled_cases()
+
+
+def test_labelled_cases_cover_the_kinds_math_verify_tests():
+    kinds = Counter(row["category"] for row in _CASES)
+    assert {"assignment", "units", "percent", "brackets", "fraction", "thousands", "decimal", "dollar",
+            "negative", "set-tuple-interval", "text", "near-miss"} <= set(kinds)
+    assert len({(row["pred"], row["gold"]) for row in _CASES}) == len(_CASES)
+    assert {row["expected"] for row in _CASES} == {"0", "1"}
+    assert all(row["expected"] == "0" for row in _CASES if row["category"] == "near-miss")
+
+
+@pytest.mark.parametrize("row", _CASES, ids=[f"{i}-{row['category']}" for i, row in enumerate(_CASES)])
+def test_is_equiv_gives_math_verifys_verdict_on_the_labelled_cases(row):
+    assert is_equiv(row["pred"], row["gold"], timeout=TIMEOUT) is (row["expected"] == "1"), row
+
+
+def test_the_worker_still_gives_the_labelled_verdicts_where_a_fast_path_answers():
+    # the rows the fast paths decide never reach math-verify in the test above; asking the worker
+    # here makes a math-verify upgrade that reads one of them differently fail loudly
+    fast = [row for row in _CASES if verify._fast_verdict(row["pred"], row["gold"]) is not None]
+    assert len(fast) > 100
+    wrong = [(row["pred"], row["gold"], row["expected"]) for row in fast
+             if verify_worker.symbolic_equal(row["pred"], row["gold"], timeout=TIMEOUT) is not (row["expected"] == "1")]
+    assert not wrong
+
+
+@pytest.mark.parametrize("s, cleaned", [
+    ("42", "42"), ("\x00 5\x00", " 5"), ("\u200b42\ufeff", "42"), ("1\u200b000", "1000"), ("\u2060-7\u00ad", "-7"),
+    ("\u0661\u0662", "12"), ("\uff10.\uff15", "0.5"), ("\U0001d7cf,\U0001d7d0", "1,2"), ("\u00b9\u00b2", "\u00b9\u00b2"),
+    ("a\tb\n", "a\tb\n"), ("\u22129", "\u22129"), ("\\frac{\u0661}{\u0662}", "\\frac{1}{2}"),
+])
+def test_clean_answer(s, cleaned):
+    # invisible characters go, Unicode decimal digits become ASCII; superscripts (exponents, not
+    # digits), whitespace and other visible characters stay
+    assert clean_answer(s) == cleaned
+
+
+@pytest.mark.parametrize("text, gold, strict, flexible", [
+    ("\x00#### 5\x00", "5", True, True),
+    ("#### \u200b42\ufeff", "42", True, True),
+    ("#### \u0661\u0662", "12", True, True),
+    ("\\boxed{\u0663}", "3", True, True),
+    ("\\boxed{4\u200b2}", "42", True, True),
+    ("so the answer is \u0661\u0662", "12", False, True),
+    ("#### 5.\u200b", "5", True, True),
+    ("#### \u00b2", "2", False, False),                                # a superscript is no digit
+])
+def test_extraction_cleans_the_answer(text, gold, strict, flexible):
+    assert is_correct(text, gold, "strict", timeout=TIMEOUT) is strict
+    assert is_correct(text, gold, "flexible", timeout=TIMEOUT) is flexible
 
 
 @pytest.mark.parametrize("text, gold, strict, flexible", [
@@ -95,6 +173,17 @@ def test_symbolic_checks_from_threads_match_main_thread():
     with ThreadPoolExecutor(8) as pool:
         threaded = list(pool.map(lambda pg: is_equiv(pg[0] + "  ", pg[1]), pairs))
     assert threaded == main == [True, True, False, True, True] * 4
+
+
+def test_worker_launches_from_a_bare_environment(tmp_path):
+    # the launch line names the worker module by its package path; when that path went stale the
+    # worker died at import and every symbolic check quietly returned False
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", verify_worker._LAUNCH, verify_worker._ROOT], cwd=tmp_path,
+                         input='["x+1", "1+x"]\n["2", "3"]\n', capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.stdout.split() == ["ready", "1", "0"], out.stderr[-2000:]
+    assert verify_worker.symbolic_equal("x+1", "1+x") is True
 
 
 def test_pathological_input_times_out_and_worker_recovers():

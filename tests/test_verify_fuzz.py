@@ -11,6 +11,7 @@ script without a __main__ guard) raised instead of answering.
 
 import multiprocessing as mp
 import random
+import re
 import sys
 import tempfile
 import time
@@ -40,6 +41,9 @@ STARTUP = 20.0
 """Extra seconds allowed to a call that had to start a math-verify worker (measured: ~0.5 s)."""
 TIMEOUT = 0.5
 """The `timeout` argument used by the fuzz tests."""
+WORKER_TIMEOUT = 5.0
+"""Seconds the worker gets to confirm a fast path's verdict (such pairs take milliseconds)."""
+PRINTABLE_ASCII = re.compile(r"[ -~]*")
 SHALLOW = 10
 """\\frac nesting in the many-example symbolic tests: math-verify needs seconds from about 15
 levels on, so deeper nesting (up to 200) has its own test with fewer examples."""
@@ -247,6 +251,8 @@ def test_unicode_digits_are_digits_superscripts_are_not(s, value):
 @given(pred=st.one_of(pieces(max_depth=SHALLOW), completions(max_depth=SHALLOW)),
        gold=st.one_of(st.sampled_from(GOLDS), pieces(max_depth=SHALLOW)))
 @example(pred="٧", gold="7")
+@example(pred="x = 9", gold="9")
+@example(pred="0.333333", gold="1/3")
 @example(pred="\\frac{" * 200 + "1}{2}" * 200, gold="1")
 def test_is_equiv(pred, gold):
     RUNS["is_equiv"] += 1
@@ -254,10 +260,23 @@ def test_is_equiv(pred, gold):
     assert isinstance(got, bool)
     assert in_time, (pred[:80], gold[:80])
     assert is_equiv(pred, gold, timeout=TIMEOUT) is got
-    if to_number(pred) is not None and to_number(gold) is not None:
-        assert got is (to_number(pred) == to_number(gold))      # numbers: exact, never symbolic
-    if pred.strip() == gold.strip():
-        assert got
+    fast = verify._fast_verdict(pred, gold)
+    if fast is None:
+        return
+    # a fast path answers only inside its grammar (printable ASCII around which only space and '$'
+    # go), and there gives the worker's verdict: math-verify's, with no fast path
+    assert got is fast
+    assert PRINTABLE_ASCII.fullmatch(pred.strip()) and PRINTABLE_ASCII.fullmatch(gold.strip())
+    if len(pred) <= verify_worker.MAX_CHARS and len(gold) <= verify_worker.MAX_CHARS:
+        assert worker_verdict(pred, gold) in (fast, None), (pred[:80], gold[:80])
+
+
+def worker_verdict(pred: str, gold: str) -> bool | None:
+    """The worker's verdict within WORKER_TIMEOUT, or None where it did not answer in time (it
+    was replaced): identical strings such as 20 nested parentheses take math-verify seconds."""
+    starts = verify_worker.worker_starts()
+    verdict = verify_worker.symbolic_equal(pred, gold, timeout=WORKER_TIMEOUT)
+    return None if verify_worker.worker_starts() != starts else verdict
 
 
 # -- whole completions and the reward functions ---------------------------------------------------

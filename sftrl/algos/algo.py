@@ -27,23 +27,28 @@ class Algo:
     """What an RL step computes, bound from `RLConfig` (see `from_config` for each field's source)."""
 
     # -- the policy-gradient objective ------------------------------------------------------------
-    advantage: Callable            # r[P, G] -> adv[P, G]
+    advantage: Callable            # r[P, G] -> adv[P, G]; token-level: (score[N], kl[N, T], mask) -> adv[N, T]
+    token_advantage: bool          # advantages per token from per-token rewards (REINFORCE++), no groups
     surrogate: Callable            # (logp, old_logp, adv[N, 1], mask) -> loss[N, T]
     weighting: Callable            # mask[N, T] -> w[N, T], per optimiser mini-batch
-    token_filter: Callable         # (old_logp, adv, ent, mask, *, gen) -> (keep, penalise) [N, T]
+    token_filter: Callable         # (logp, old_logp, adv, ent, mask, *, gen, clip) -> filters.Filtered
+    filters: bool                  # a token filter runs (once per mini-batch)
     kl: Callable                   # (logp, ref_logp) -> kl[N, T]
-    kl_loss_coef: float            # beta when KL is a loss term, else 0
-    kl_reward_coef: float          # beta when KL is subtracted from the reward, else 0
+    kl_in_loss: bool               # beta * KL is a loss term
+    kl_in_reward: bool             # beta * KL is subtracted from the reward
     needs_ref: bool                # a frozen reference is kept (KL used, or only logged)
     needs_old_logp: bool           # the behaviour log-probs are needed before the first update
-    clip_eps: tuple | None         # (eps_low, eps_high) for the clip metrics; None: no clip range
-    mini_batches: int              # optimiser steps per rollout
+    clip_eps: tuple | None         # (eps_low, eps_high) of the surrogate; None: no clip range
+    mini_batches: int              # optimiser steps per pass over the rollout
+    epochs: int                    # passes over the rollout
+    shuffle: bool                  # rows permuted (with the step's generator) before each pass is split
     # -- which groups are trained ------------------------------------------------------------------
     dynamic_sampling: bool         # DAPO: keep only mixed groups, draw more until P are kept
     max_gen_batches: int
     route: Callable                # acc[P, G] -> routed[P] bool
     replace_group: bool            # routed groups leave the RL loss
     offpolicy: int                 # demonstrations placed in each group (LUFFY)
+    sft_slots: int                 # group slots given to the SFT term's demonstration (G - sft_slots samples)
     # -- supervision inside the step ----------------------------------------------------------------
     sft_source: Callable           # (routed, expert(k)) -> problems of this step's SFT term
     buffered: bool                 # routed problems wait in ReLIFT's buffer (`sftrl.train.relift`)
@@ -59,8 +64,8 @@ class Algo:
     @classmethod
     def from_config(cls, rl) -> "Algo":
         a, h, ro = rl.algo, rl.hybrid, rl.rollout
-        in_reward = a.kl.placement == "reward"
-        kl_reward = a.kl.coef if in_reward else 0.0
+        in_reward, adaptive = a.kl.placement == "reward", a.kl.target is not None
+        token_level = a.advantage in policy.TOKEN_ADVANTAGES
         kw = a.surrogate_kwargs or {}
         clip = (kw.get("eps_low", 0.2), kw.get("eps_high", 0.2)) if {"eps_low", "eps_high"} & set(kw) else None
         if h.execution == "buffer":
@@ -76,18 +81,20 @@ class Algo:
         else:
             bound = bind(hybrid.SFT_SCHEDULES, h.weight, h.weight_kwargs)
             schedule, row_weight = (lambda t: float32(bound(t))), hybrid.schedule_weight
-        return cls(advantage=bind(policy.ADVANTAGES, a.advantage, a.advantage_kwargs),
+        advantages = policy.TOKEN_ADVANTAGES if token_level else policy.ADVANTAGES
+        return cls(advantage=bind(advantages, a.advantage, a.advantage_kwargs), token_advantage=token_level,
                    surrogate=bind(policy.SURROGATES, a.surrogate, a.surrogate_kwargs),
                    weighting=bind(policy.WEIGHTINGS, a.weighting, a.weighting_kwargs),
                    token_filter=bind(filters.TOKEN_FILTERS, a.token_filter, a.token_filter_kwargs),
-                   kl=policy.KL[a.kl.estimator],
-                   kl_loss_coef=0.0 if in_reward else a.kl.coef, kl_reward_coef=kl_reward,
+                   filters=a.token_filter != "none", kl=policy.KL[a.kl.estimator],
+                   kl_in_loss=not in_reward and a.kl.coef > 0, kl_in_reward=in_reward and a.kl.coef > 0,
                    needs_ref=a.kl.coef > 0 or a.kl.log,
-                   needs_old_logp=a.mini_batches > 1 or a.token_filter != "none" or kl_reward > 0,
-                   clip_eps=clip, mini_batches=a.mini_batches,
+                   needs_old_logp=a.mini_batches * a.epochs > 1 or a.token_filter != "none" or
+                   (in_reward and a.kl.coef > 0) or adaptive,
+                   clip_eps=clip, mini_batches=a.mini_batches, epochs=a.epochs, shuffle=a.shuffle,
                    dynamic_sampling=a.dynamic_sampling, max_gen_batches=a.max_gen_batches,
                    route=bind(hybrid.ROUTES, h.route, h.route_kwargs), replace_group=h.replace_group,
-                   offpolicy=h.offpolicy, sft_source=source, buffered=h.execution == "buffer",
+                   offpolicy=h.offpolicy, sft_slots=h.sft_slots, sft_source=source, buffered=h.execution == "buffer",
                    sft_schedule=schedule, sft_row_weight=row_weight, rl_scale=hybrid.MIXES[h.mix],
                    lambda_scales_rl=h.mix == "convex",
                    token_weight=bind(hybrid.TOKEN_WEIGHTS, h.token_weight), sft_entropy_coef=h.entropy_coef,
@@ -98,3 +105,15 @@ class Algo:
         """lambda(t) at RL step t; 1.0 where SFT rows carry their own weights (SRFT), which then
         only the RL loss's factor under `mix=sum` could read, and that is 1 whatever lambda is."""
         return self.sft_schedule(t) if self.sft_schedule is not None else 1.0
+
+
+@dataclass(frozen=True)
+class Controllers:
+    """The coefficients a step reads and updates: the entropy bonus and the KL coefficient beta."""
+
+    entropy: object                 # sftrl.algos.entropy.ENTROPY
+    kl: object                      # sftrl.algos.kl_control.KL_CONTROLLERS
+
+    def update(self, entropy: float, kl: float, n: int, t: int) -> "Controllers":
+        """The next controllers, from the step's entropy and its measured KL over n sequences."""
+        return Controllers(self.entropy.update(entropy, t), self.kl.update(kl, n))

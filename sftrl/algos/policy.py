@@ -1,10 +1,11 @@
 """The pure math of group-relative RL: advantages, surrogates, loss weightings, KL estimators.
 
-Owns: the registries `ADVANTAGES`, `SURROGATES`, `WEIGHTINGS`, `KL` and the DAPO overlong
-penalty. Every function is a plain function of tensors with keyword-only hyperparameters; named
-methods are presets over these (sftrl.config.rl). Entropy controllers and token filters live in
-`sftrl.entropy`. Dims: P prompts, G group size, N = P*G rows (prompt-major), T completion tokens.
-Sources are ALGORITHMS.md sections (§) of the specification.
+Owns: the registries `ADVANTAGES` (group-relative, from r[P, G]), `TOKEN_ADVANTAGES` (from
+per-token rewards, REINFORCE++), `SURROGATES`, `WEIGHTINGS`, `KL` and the DAPO overlong penalty.
+Every function is a plain function of tensors with keyword-only hyperparameters; named methods are
+presets over these (sftrl.config.presets). Entropy controllers and token filters live in
+`sftrl.algos.entropy` and `sftrl.algos.filters`. Dims: P prompts, G group size, N = P*G rows
+(prompt-major), T completion tokens. Sources are ALGORITHMS.md sections (§) of the specification.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from sftrl.registry import Registry
 
 ADVANTAGES = Registry("advantage")   # r[P, G] -> adv[P, G]
+TOKEN_ADVANTAGES = Registry("token-level advantage")   # (score[N], token_kl[N, T], mask[N, T]) -> adv[N, T]
 SURROGATES = Registry("surrogate")   # (logp, old_logp, adv[N, 1], mask) -> loss[N, T]
 WEIGHTINGS = Registry("weighting")   # mask[N, T] -> w[N, T], once per optimiser mini-batch
 KL = Registry("kl estimator")        # (logp, ref_logp) -> kl[N, T]
@@ -62,6 +64,29 @@ def reinforce_pp_baseline(r: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor
     std = centred.std() if centred.numel() > 1 else torch.ones(())
     std = std if std > 0 else torch.ones(())
     return (centred - centred.mean()) / (std + eps)                             # [P, G]
+
+
+# -- token-level advantages: per-token rewards and returns, no group baseline -------------------
+@TOKEN_ADVANTAGES.register("reinforce_pp")
+def reinforce_pp(score: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, *,
+                 gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ (verl compute_reinforce_plus_plus_outcome_advantage, OpenRLHF `reinforce`): the
+    outcome score on each sequence's last token minus the (beta-scaled) per-token KL, summed to go
+    with discount gamma, then whitened over every valid token of the batch (mean removed, unbiased
+    variance, 1e-8 inside the square root, as verl's masked_whiten)."""
+    N, T = mask.shape
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & (mask > 0)           # [N, T] last valid token
+    rewards = score[:, None] * last - token_kl * mask                           # [N, T]
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(N, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * mask[:, t]                                          # nothing flows past a sequence's end
+    n = mask.sum()
+    mean = (returns * mask).sum() / (n + 1e-8)
+    var = ((returns - mean) ** 2 * mask).sum() / (n + 1e-8) * n / (n - 1).clamp(min=1.0)
+    return (returns - mean) * torch.rsqrt(var + 1e-8) * mask                    # [N, T]
 
 
 # -- surrogates (§0.2), per-token losses to minimise --------------------------------------------
@@ -127,11 +152,21 @@ def const_len(mask: torch.Tensor, *, max_len: int) -> torch.Tensor:
     return mask / (mask.shape[0] * max_len)                                     # [N, T]
 
 
-@WEIGHTINGS.register("sum_over_lpad")
-def sum_over_lpad(mask: torch.Tensor) -> torch.Tensor:
-    """Token sum over all sequences / padded length, no division by their count (LUFFY/ReLIFT/HPT
-    "remove token mean"). The padded length is the mini-batch's, not each micro-batch's."""
-    return mask / mask.shape[1]                                                 # [N, T]
+@WEIGHTINGS.register("seq_mean_token_sum")
+def seq_mean_token_sum(mask: torch.Tensor) -> torch.Tensor:
+    """Token sum of each sequence, mean over the sequences that have tokens (verl "seq-mean-token-sum")."""
+    seqs = (mask.sum(1) > 0).sum().clamp(min=1)                                 # []
+    return mask / seqs                                                          # [N, T]
+
+
+@WEIGHTINGS.register("seq_mean_token_sum_norm")
+def seq_mean_token_sum_norm(mask: torch.Tensor, *, max_len: int) -> torch.Tensor:
+    """Token sum over every sequence / a constant, no division by their count (verl
+    "seq-mean-token-sum-norm" with loss_scale_factor; the "remove token mean" of LUFFY, ReLIFT and
+    HPT, whose vLLM output is always padded to max_response_length, so their divisor is that
+    constant). The constant never depends on the step's batch: demonstrations joining it cannot
+    change the RL rows' weight."""
+    return mask / max_len                                                       # [N, T]
 
 
 # -- KL estimators (§0.4), delta = ref_logp - logp ----------------------------------------------

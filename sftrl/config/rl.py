@@ -10,6 +10,7 @@ Which paper each preset follows, and where it deviates, is in docs/ALGORITHMS.md
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -70,7 +71,12 @@ class KLConfig(Frozen):
     coef: float | None = Field(None, ge=0, description="beta: weight of KL to the frozen initial policy.")
     estimator: str | None = Field(None, description="Estimator of the per-token KL (algos.policy.KL; ALGORITHMS.md 0.4).")
     placement: Literal["loss", "reward"] | None = Field(
-        None, description="In the loss (GRPO) or subtracted from the reward (RLOO/REINFORCE++).")
+        None, description="In the loss (GRPO), or subtracted from the reward: from each sequence's "
+        "scalar reward before a group baseline (RLOO), per token before the returns (REINFORCE++).")
+    target: float | None = Field(None, gt=0, description="Adaptive beta (verl kl_ctrl.type=adaptive, OpenRLHF "
+                                 "kl.target): after each step beta *= 1 + clip(KL/target - 1, +-0.2) * n/horizon, "
+                                 "KL the mean per-sequence token-mean KL; None = fixed beta.")
+    horizon: int = Field(10000, ge=1, description="Adaptive beta: its horizon, in sequences.")
     log: bool = Field(True, description="Keep a reference copy to log KL even when coef is 0 "
                       "(set false to save its memory).")
 
@@ -96,7 +102,12 @@ class AlgoConfig(Frozen):
     token_filter_kwargs: dict[str, Any] | None = Field(None, description="Its hyperparameters.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL to the reference policy.")
     entropy: EntropyConfig = Field(default_factory=EntropyConfig, description="Entropy regularisation.")
-    mini_batches: int | None = Field(None, ge=1, description="Optimiser steps per rollout (rows split evenly).")
+    mini_batches: int | None = Field(None, ge=1, description="Optimiser steps per pass over the rollout "
+                                     "(rows split evenly).")
+    epochs: int | None = Field(None, ge=1, description="Passes over one rollout (TRL num_iterations, verl "
+                               "ppo_epochs); behaviour log-probs are computed once, before the first.")
+    shuffle: bool | None = Field(None, description="Permute the rollout's rows before each pass is split "
+                                 "into mini-batches (oat); false keeps them in order (verl, TRL).")
     dynamic_sampling: bool | None = Field(None, description="DAPO: drop groups whose accuracy is "
                                           "all-equal and sample more until the batch is full.")
     max_gen_batches: int = Field(4, ge=1, description="Dynamic sampling gives up refilling after this many rollouts.")
@@ -141,6 +152,9 @@ class HybridConfig(Frozen):
     offpolicy_loss: str | None = Field(None, description="Loss of demonstration tokens "
                                        "(algos.hybrid.OFFPOLICY; shaped is p/(p+gamma)).")
     offpolicy_kwargs: dict[str, Any] | None = Field(None, description="e.g. {gamma: 0.1}.")
+    sft_slots: int | None = Field(None, ge=0, le=1, description="Group slots given to the demonstration of "
+                                  "the SFT term: G - 1 samples per prompt, the group baseline over them only "
+                                  "(LUFFY's 'RL w/ SFT loss': 7 samples + 1 demonstration); needs route=always.")
     self_weight: str | None = Field(None, description="Reweighting of the policy's own samples "
                                     "(algos.hybrid.SELF_WEIGHTS).")
     self_weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {pos_scale: 0.1, neg: -1}.")
@@ -167,11 +181,12 @@ class RLConfig(Frozen):
         name = algo.get("preset") or "grpo"
         if name not in PRESETS:
             raise RegistryError(f"unknown preset {name!r}; {did_you_mean(name, PRESETS)}")
-        max_new = (data.get("rollout") or {}).get("max_new_tokens") or RolloutConfig().max_new_tokens
-        preset = PRESETS[name](int(max_new))
+        max_new = int((data.get("rollout") or {}).get("max_new_tokens") or RolloutConfig().max_new_tokens)
+        preset = PRESETS[name](max_new)
         out = dict(data)
         for section in ("algo", "reward", "hybrid"):
             out[section] = fill_unset(dict(data.get(section) or {}), preset[section])
+        out["algo"] = _default_max_len(out["algo"], max_new)
         return out
 
     @model_validator(mode="after")
@@ -180,7 +195,13 @@ class RLConfig(Frozen):
         from sftrl.algos import policy as algos
         from sftrl.registry import bind
         a = self.algo
-        bind(algos.ADVANTAGES, a.advantage, a.advantage_kwargs)
+        if a.advantage in algos.TOKEN_ADVANTAGES:
+            bind(algos.TOKEN_ADVANTAGES, a.advantage, a.advantage_kwargs)
+        elif a.advantage not in algos.ADVANTAGES:
+            raise RegistryError(f"unknown advantage {a.advantage!r}; "
+                                f"{did_you_mean(a.advantage, [*algos.ADVANTAGES, *algos.TOKEN_ADVANTAGES])}")
+        else:
+            bind(algos.ADVANTAGES, a.advantage, a.advantage_kwargs)
         bind(algos.SURROGATES, a.surrogate, a.surrogate_kwargs)
         check_clip(a.surrogate_kwargs)
         bind(algos.WEIGHTINGS, a.weighting, a.weighting_kwargs)
@@ -204,18 +225,42 @@ class RLConfig(Frozen):
         bind(hy.TOKEN_WEIGHTS, h.token_weight)
         bind(hy.OFFPOLICY, h.offpolicy_loss, h.offpolicy_kwargs)
         bind(hy.SELF_WEIGHTS, h.self_weight, h.self_weight_kwargs)
-        if h.offpolicy and self.rollout.group_size < 3:
-            raise ValueError(f"hybrid.offpolicy=1 needs rollout.group_size >= 3 (one demonstration "
-                             f"plus at least two samples); got {self.rollout.group_size}")
+        if (h.offpolicy or h.sft_slots) and self.rollout.group_size < 3:
+            which = "hybrid.offpolicy=1" if h.offpolicy else "hybrid.sft_slots=1"
+            raise ValueError(f"{which} needs rollout.group_size >= 3 (one demonstration plus at least two "
+                             f"samples); got {self.rollout.group_size}")
+        if h.sft_slots and (h.route != "always" or h.offpolicy):
+            raise ValueError("hybrid.sft_slots=1 gives a group slot to every prompt's demonstration in the SFT "
+                             "term: it needs hybrid.route=always and hybrid.offpolicy=0")
+        if a.token_filter == "kl_cov":
+            if a.surrogate != "no_clip":
+                raise ValueError(f"token_filter=kl_cov replaces the clipped surrogate with -A r plus its penalty "
+                                 f"(Entropy-Mechanism-of-RL); set rl.algo.surrogate=no_clip (got {a.surrogate}) "
+                                 f"or use rl.algo.preset=kl_cov")
+            if a.mini_batches * a.epochs < 2:
+                raise ValueError("token_filter=kl_cov penalises |log r|, which has no gradient before the policy "
+                                 "moves: with one optimiser step per rollout it does nothing; set "
+                                 "rl.algo.mini_batches >= 2 (the recipe uses 8)")
         return self
 
 
+def _default_max_len(algo: dict, max_new: int) -> dict:
+    """A weighting with a `max_len` argument that the config leaves unset gets
+    rl.rollout.max_new_tokens: the constant length Dr. GRPO and the verl hybrids divide by."""
+    from sftrl.algos.policy import WEIGHTINGS
+    name, kwargs = algo.get("weighting"), dict(algo.get("weighting_kwargs") or {})
+    if name in WEIGHTINGS and "max_len" in inspect.signature(WEIGHTINGS[name]).parameters and "max_len" not in kwargs:
+        return {**algo, "weighting_kwargs": {**kwargs, "max_len": max_new}}
+    return algo
+
+
 def check_clip(kwargs: dict) -> None:
-    """Clip widths are numbers with 0 <= eps_low < 1 (the ratio's lower bound 1 - eps_low stays
-    positive) and eps_high >= 0; eps_high below eps_low is a valid asymmetric range, so allowed."""
+    """Clip widths are numbers with 0 <= eps_low <= 1 (the ratio's lower bound 1 - eps_low stays
+    non-negative; Clip-Cov's recipe uses 1) and eps_high >= 0; eps_high below eps_low is a valid
+    asymmetric range, so allowed."""
     for key, top in (("eps_low", 1.0), ("eps_high", float("inf"))):
         v = kwargs.get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < top:
-            bound = "0 <= eps_low < 1" if key == "eps_low" else "eps_high >= 0"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+            bound = "0 <= eps_low <= 1" if key == "eps_low" else "eps_high >= 0"
             raise ValueError(f"rl.algo.surrogate_kwargs.{key}={v!r}: a clip width needs {bound} "
                              f"(e.g. {key}=0.2)")

@@ -30,8 +30,9 @@ MEMORY_LIMIT = 2 << 30
 """Address-space cap of the worker in bytes (math-verify itself needs about 70 MB)."""
 STARTUP = 60.0
 """Seconds a fresh worker may take to import math-verify before a request counts as failed."""
-_ROOT = str(Path(__file__).resolve().parent.parent)
-_LAUNCH = "import sys; sys.path.insert(0, sys.argv[1]); from sftrl.verify_worker import serve; serve()"
+_ROOT = str(Path(__file__).resolve().parents[2])
+"""The folder holding this checkout's `sftrl` package: the worker imports the same code."""
+_LAUNCH = "import sys; sys.path.insert(0, sys.argv[1]); from sftrl.data.verify_worker import serve; serve()"
 
 
 def serve() -> None:  # pragma: no cover - runs in the worker process

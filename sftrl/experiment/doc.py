@@ -1,7 +1,8 @@
 """The report's document builder: HTML and Markdown bodies written side by side.
 
 Owns: `Doc` (sections, paragraphs, tables, figures: inline PNG in the HTML, files beside the
-Markdown), the number formats `fmt` and `fmt_p`, and `label` (a config value as text). What the sections say is `report.py`.
+Markdown; named slots filled after the sections below them are written), the number formats `fmt`
+and `fmt_p`, and `label` (a config value as text). What the sections say is `report.py`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Doc:
         self.md: list[str] = []
         self.fig_dir = fig_dir
         self.figures: dict[str, bytes] = {}
+        self.slots: dict[str, tuple[int, int]] = {}
 
     def section(self, sid: str, title: str) -> None:
         self.html.append(f'<section id="{sid}"><h2>{html.escape(title)}</h2>')
@@ -46,10 +48,19 @@ class Doc:
         self.html.append(f"<p>{html.escape(s)}</p>")
         self.md.append(s + "\n\n")
 
-    def lead(self, s: str) -> None:
-        """A paragraph set apart as the report's opening (the findings)."""
-        self.html.append(f'<p class="lead">{html.escape(s)}</p>')
-        self.md.append(s + "\n\n")
+    def slot(self, name: str) -> None:
+        """Keep a place here for a part written later with `fill` (e.g. an opening that quotes numbers
+        of sections further down); left unfilled it stays empty."""
+        self.slots[name] = (len(self.html), len(self.md))
+        self.html.append("")
+        self.md.append("")
+
+    def fill(self, name: str, part: Doc) -> None:
+        """Put the body of `part` (another Doc) at the slot `name`; its figures join this document's."""
+        i, j = self.slots.pop(name)
+        self.html[i] = "".join(part.html)
+        self.md[j] = "".join(part.md)
+        self.figures.update(part.figures)
 
     def table(self, header: list[str], rows: list[list]) -> None:
         h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)

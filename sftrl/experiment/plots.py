@@ -152,3 +152,26 @@ def improvement_intervals(pairs: list[str], rows, title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("P(X > Y)", fontsize=8)
     return _png(fig, None, 1)
+
+
+def method_intervals(title: str, labels: list[str], means, lows, highs, xlabel: str, points=None) -> bytes:
+    """One row per method, top to bottom in the given order: the mean as a dot, its [low, high]
+    interval as a bar, and `points` (one list per method, e.g. single seeds) as small dots; no line
+    joins the methods, which are categories, not a series."""
+    height = max(SIZE[1], 1.0 + 0.32 * len(labels))
+    fig = Figure(figsize=(SIZE[0], height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.grid(alpha=0.3, linewidth=0.6, axis="x")
+    ax.tick_params(labelsize=8)
+    ax.set_title(title, fontsize=10)
+    y = np.arange(len(labels), dtype=float)[::-1]
+    mean = np.asarray(means, dtype=float)
+    err = np.clip(np.vstack([mean - np.asarray(lows, dtype=float), np.asarray(highs, dtype=float) - mean]), 0, None)
+    ax.errorbar(mean, y, xerr=err, linestyle="none", marker="o", markersize=5, capsize=3, linewidth=1.2, color="C0")
+    for yi, values in zip(y, points or []):
+        ax.plot(values, np.full(len(values), yi - 0.22), linestyle="none", marker=".", color="0.4", markersize=4)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set_xlabel(xlabel, fontsize=8)
+    return _png(fig, ax, 1)

@@ -2,17 +2,21 @@
 
 Owns: `write_report` and the order of the report's sections (written by `report_results` and
 `report_runs`) —
-  findings         the answer in a paragraph, when the caller (a study) supplies one; nothing otherwise
-  summary          per method: final metric mean, 95% bootstrap CI over seeds, IQM, std, per-seed values
-  comparisons      paired differences against a baseline (CI, P(improvement), Welch, Mann-Whitney, Holm)
+  summary          opens with the answer in a paragraph (`answer`) and the headline figure; per method:
+                   final metric mean, 95% bootstrap CI over seeds, IQM, std, per-seed values, compute
+  validity         can this testbed answer the question: warm start, does RL learn, mixed groups,
+                   evaluation noise (`validity`)
+  comparisons      paired differences against a baseline (CI, P(improvement), Welch, Mann-Whitney, Holm),
+                   each with its minimum detectable effect and the seeds a 1-point effect needs (`power`)
   sensitivity      every swept hyperparameter: value -> metric with CI, between-value vs seed spread
   curves           learning curves with CI bands across seeds (reward, accuracy, KL, entropy, losses, ...)
   distributions    response lengths early vs late, answers per problem, pass@k
   hyperparameters  what differs between methods, and everything else once
   provenance       versions, git sha, hardware, seeds, commands to reproduce
   failures         runs that failed or did not finish (never counted as data)
-Statistics come from `stats` and `sensitivity`, all drawn from one generator seeded by `seed`, so
-the same runs give the same report.
+Statistics come from `stats` and `sensitivity`, all drawn from one generator seeded by `seed` (the
+validity checks from a stream spawned from it, so they leave the other sections' draws as they
+were), so the same runs give the same report.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
+from sftrl.experiment import answer, compute, power, validity
 from sftrl.experiment import report_results as results
 from sftrl.experiment import report_runs as runs
 from sftrl.experiment.doc import Doc
 from sftrl.experiment.records import load_experiment
 from sftrl.runlog import atomic_write_text
 
-SECTIONS = ("findings", "summary", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
+SECTIONS = ("summary", "validity", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
             "provenance", "failures")
+CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
+          "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
+          "sft/routed_frac")
+IGNORE = ("seed", "threads", "log.progress", "name")
 REPS = 2000
 
 
@@ -37,7 +46,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:.25em .5em;
 text-align:left;vertical-align:top}th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}
 figcaption{font-size:.8em;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
-nav a{margin-right:1em}p.lead{font-size:1.05em;border-left:3px solid #4a7;padding-left:.8em}"""
+nav a{margin-right:1em}"""
 CHECK = """<script>
 window.__errors=0;window.addEventListener('error',function(){window.__errors++;},true);
 window.addEventListener('unhandledrejection',function(){window.__errors++;});
@@ -50,10 +59,8 @@ document.body.setAttribute('data-errors',String(window.__errors));});
 
 
 def write_report(exp_dir, *, metric: str | None = None, baseline: str | None = None, question: str | None = None,
-                 seed: int = 0, out: str | Path | None = None, findings: str | None = None) -> tuple[Path, Path]:
-    """Write EXP_DIR/report.html (self-contained) and report.md (+ figures/); return both paths.
-
-    `findings` is the paragraph the report opens with (a study's answer); without it there is none."""
+                 seed: int = 0, out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write EXP_DIR/report.html (self-contained) and report.md (+ figures/); return both paths."""
     exp = load_experiment(exp_dir)
     if question is None and exp.study:
         question = exp.study.get("question")
@@ -67,15 +74,21 @@ def write_report(exp_dir, *, metric: str | None = None, baseline: str | None = N
     md_path = html_path.with_suffix(".md")
     doc = Doc(md_path.parent / "figures")
     rng = np.random.default_rng(seed)
-    results.findings(doc, findings)
-    summaries = results.summary(doc, exp, metric, rng, question)
-    results.comparisons(doc, exp, metric, baseline, summaries, rng)
+    checks_rng = rng.spawn(1)[0]
+    target = power.power_target(exp.study)
+    summaries = results.summary(doc, exp, metric, rng, None, baseline=baseline)   # the opening states the question
+    checks = validity.assess(exp, metric, baseline, target, checks_rng)
+    validity.section(doc, checks)
+    compared = results.comparisons(doc, exp, metric, baseline, summaries, rng, power_target=target)
     results.sensitivity_section(doc, exp, metric, rng)
     runs.curves(doc, exp, metric, rng)
     runs.distributions(doc, exp, metric, rng)
     runs.hyperparameters(doc, exp)
     runs.provenance(doc, exp, seed)
     runs.failures(doc, exp)
+    answer.write_opening(doc, question=question, metric=metric, baseline=baseline, summaries=summaries,
+                         compared=compared, validity=checks, budget=compute.budget_sentence(exp, baseline),
+                         target=target)
     title = f"sftrl report: {exp.name}"
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS if f'id="{s}"' in "".join(doc.html))
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

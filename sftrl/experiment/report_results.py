@@ -1,17 +1,18 @@
 """The report's statistical sections: per-method summary, paired comparisons with a baseline, and
 sensitivity to every swept hyperparameter.
 
-Owns: `findings` (an optional opening paragraph a study supplies), `summary` (with rliable's
-interval-estimate figure), `comparisons` (with its probability-of-improvement figure),
-`sensitivity_section`, `headline_metric` and `REPS`. Every statistic is drawn from the one
-generator `write_report` passes in; every figure's caption states its runs, seeds and interval.
+Owns: `summary` (with each method's compute from `compute`, a slot for the opening paragraph
+`answer` writes, and rliable's interval-estimate figure), `comparisons` (with each comparison's
+power from `power`, and the probability-of-improvement figure), `sensitivity_section`,
+`headline_metric` and `REPS`. Every statistic is drawn from the one generator `write_report`
+passes in; every figure's caption states its runs, seeds and interval.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sftrl.experiment import plots, stats
+from sftrl.experiment import answer, compute, plots, power, stats
 from sftrl.experiment.doc import Doc, caption, fmt, fmt_p, key_name, label, metric_name
 from sftrl.experiment.records import Experiment, config_at, final_values
 from sftrl.experiment.sensitivity import sensitivity
@@ -32,17 +33,9 @@ def headline_metric(exp: Experiment, metric: str | None) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------------------
-def findings(doc: Doc, text: str | None) -> None:
-    """The report's opening paragraph, when the caller supplies one (a study states its answer
-    here); the report itself writes no conclusions."""
-    if text:
-        doc.section("findings", "Findings")
-        doc.lead(text)
-        doc.end()
-
-
-def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -> dict:
+def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None, baseline: str | None = None) -> dict:
     doc.section("summary", "Summary")
+    doc.slot("opening")
     if question:
         doc.text(f"Question: {question}")
     counts = {s: sum(r.status == s for r in exp.runs) for s in ("done", "failed", "incomplete")}
@@ -54,15 +47,18 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -
     for m in exp.methods:
         seeds, vals = final_values(exp.method_runs(m), metric)
         if not len(vals):
-            rows.append([m, 0, "–", "–", "–", "–", ""])
+            rows.append([m, 0, "–", "–", "–", "–", "", *compute.cells(exp.method_runs(m))])
             continue
         sm = stats.summarize(vals, rng, reps=REPS)
         summaries[m] = (seeds, vals, sm)
         rows.append([m, sm["n"], fmt(sm["mean"]), f"[{fmt(sm['ci_low'])}, {fmt(sm['ci_high'])}]", fmt(sm["iqm"]),
-                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals))])
-    doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values"], rows)
+                     fmt(sm["std"]), ", ".join(f"s{s}: {fmt(v)}" for s, v in zip(seeds, vals)),
+                     *compute.cells(exp.method_runs(m))])
+    doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values", *compute.HEADER], rows)
+    doc.text(compute.budget_sentence(exp, baseline) + " Compute columns are means over seeds of per-run totals "
+             "(training steps only; \"–\" where the runs did not log them).")
     if summaries:
-        est = stats.interval_estimates({m: v for m, (_, v, _) in summaries.items()}, rng, reps=REPS)
+        est = stats.interval_estimates({m: v for m, (_, v, _) in summaries.items()}, rng.spawn(1)[0], reps=REPS)
         names = list(next(iter(est.values())))
         seeds = sorted({s for sd, _, _ in summaries.values() for s in sd})
         doc.figure("interval_estimates", plots.interval_estimates(
@@ -90,12 +86,17 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None) -
     return summaries
 
 
-def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng) -> None:
+def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries: dict, rng,
+                power_target: float = power.POWER_TARGET) -> list[dict]:
+    """The paired comparisons with `baseline`; returns one dict per tested method (its paired
+    difference, the Holm-adjusted paired t p as `holm_p`, and `power`: `power.paired_power` in points).
+    The seeds pair the runs (same warm start, data order and initialisation), so the test is the
+    paired t-test, the one the MDE column is computed for; Welch and Mann-Whitney are shown too."""
     doc.section("comparisons", f"Paired comparisons against {baseline}")
     if baseline not in summaries:
         doc.text(f"No finished runs of the baseline {baseline!r}; nothing to compare.")
         doc.end()
-        return
+        return []
     b_seeds, b_vals, _ = summaries[baseline]
     b = dict(zip(b_seeds, b_vals))
     results = []
@@ -108,25 +109,31 @@ def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries
             continue
         x = np.array([dict(zip(seeds, vals))[s] for s in common])
         y = np.array([b[s] for s in common])
-        results.append((m, len(common), stats.paired_difference(x, y, rng, reps=REPS)))
+        results.append((m, len(common), {**stats.paired_difference(x, y, rng, reps=REPS), "diffs": x - y}))
     tested = [r for r in results if r[2] is not None]
-    adj = stats.holm([r[2]["welch_p"] for r in tested]) if tested else []
-    rows = []
+    adj = stats.holm([r[2]["paired_t_p"] for r in tested]) if tested else []
+    rows, compared = [], []
     for (m, n, d), p_adj in zip(tested, adj):
+        pw = power.paired_power(answer.POINTS * d["diffs"], target=power_target)
+        compared.append({"method": m, **d, "holm_p": float(p_adj), "power": pw})
         rows.append([m, n, fmt(d["mean"]), f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]", fmt(d["prob_improvement"], 2),
-                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj)])
-    rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", ""] for m, n, d in results if d is None]
+                     fmt_p(d["welch_p"]), fmt_p(d["mannwhitney_p"]), fmt_p(d["paired_t_p"]), fmt_p(p_adj),
+                     *answer.power_cells(pw)])
+    rows += [[m, n, "–", "(fewer than 2 shared seeds)", "", "", "", "", "", "", "", ""] for m, n, d in results
+             if d is None]
     doc.text(f"Differences are method minus {baseline} on the same seed (same warm start, data order and "
              f"initialisation), with a bootstrap CI over seeds; P(improvement) is the probability that a run "
              f"of the method beats a run of {baseline} (ties count half).")
     doc.table(["method", "paired seeds", "mean diff", "95% CI", "P(improvement)", "Welch p", "Mann-Whitney p",
-               "paired t p", "Holm-adjusted Welch p"], rows)
+               "paired t p", "Holm-adjusted paired t p", *answer.POWER_HEADER], rows)
+    doc.text(answer.power_line(compared, metric, power_target))
     _improvement_figure(doc, baseline, summaries, metric, rng)
     survive = [m for (m, _, _), p in zip(tested, adj) if np.isfinite(p) and p < 0.05]
     doc.text(f"Multiple comparisons: {len(tested)} methods were compared with {baseline}; Holm-Bonferroni keeps "
              f"the family-wise error at 5%. Differences that survive: {', '.join(survive) if survive else 'none'}. "
              f"With few seeds, absence of significance is not evidence of no effect: read the CIs.")
     doc.end()
+    return compared
 
 
 def _improvement_figure(doc: Doc, baseline: str, summaries: dict, metric: str, rng) -> None:
@@ -135,7 +142,8 @@ def _improvement_figure(doc: Doc, baseline: str, summaries: dict, metric: str, r
     if not others:
         return
     b_seeds, b_vals, _ = summaries[baseline]
-    rows = [stats.probability_of_improvement_ci(summaries[m][1], b_vals, rng, reps=REPS) for m in others]
+    g = rng.spawn(1)[0]                       # a stream of its own: the other sections' draws stay as they were
+    rows = [stats.probability_of_improvement_ci(summaries[m][1], b_vals, g, reps=REPS) for m in others]
     seeds = sorted({s for sd, _, _ in summaries.values() for s in sd})
     doc.figure("improvement", plots.improvement_intervals([f"{m} > {baseline}" for m in others], rows,
                                                           f"probability of improvement over {baseline}"),

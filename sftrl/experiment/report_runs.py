@@ -102,7 +102,8 @@ def profile(doc: Doc, exp: Experiment, metric: str, rng) -> None:
     lo, hi = float(pooled.min()), float(pooled.max())
     pad = max((hi - lo) * 0.05, 1e-3)
     taus = np.linspace(lo - pad, hi + pad, 101)
-    series = {m: (taus, *stats.performance_profile(v, taus, rng, reps=REPS)) for m, v in finals.items()}
+    g = rng.spawn(1)[0]                       # a stream of its own: the other sections' draws stay as they were
+    series = {m: (taus, *stats.performance_profile(v, taus, g, reps=REPS)) for m, v in finals.items()}
     used = [r for m in finals for r in exp.method_runs(m) if r.status == "done"]
     doc.figure("profile", plots.curves(f"performance profile: {metric_name(metric)}", series,
                                        "fraction of runs > τ", xlabel=f"τ ({metric_name(metric)})"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from sftrl import yamlio
+from sftrl.experiment.power import POWER_TARGET
 from sftrl.experiment.progress import ProgressDisplay
 from sftrl.experiment.spec import SweepError
 from sftrl.experiment.sweep import run_sweep
@@ -86,6 +87,7 @@ DEFAULT = {
         {"method": "joint", "seeds": 3, "params": {"rl.hybrid.weight_kwargs": [{"value": 0.1}, {"value": 0.3}]}},
     ],
     "threads_per_run": 1,
+    "power_target": POWER_TARGET,     # the report calls a comparison underpowered above this MDE (points)
 }
 
 

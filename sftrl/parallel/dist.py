@@ -92,6 +92,16 @@ def global_rows(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(full)[rows]
 
 
+def global_apply(fn, *xs: torch.Tensor) -> torch.Tensor:
+    """`fn` of every rank's rows of `xs` (tensors with the same rows; widths padded with 0 to the
+    largest), this rank's rows of the result, at the width of its last input. Equals fn(*xs) with
+    one process (e.g. REINFORCE++'s whitening over the batch's tokens)."""
+    parts = [gather_rows(x) for x in xs]
+    rows = parts[0][1]
+    out = fn(*(full for full, _ in parts))[rows]
+    return out[:, :xs[-1].shape[1]] if out.ndim > 1 else out
+
+
 def sum_gradients(model) -> None:
     """Sum every gradient across ranks (each rank's loss is its share of the global sum)."""
     if world()[1] == 1:

@@ -23,6 +23,7 @@ from sftrl import trackers
 from sftrl.parallel import dist, sharding
 from sftrl.runlog import CONFIG, EVAL, LOGS, METRICS, MODEL, SAMPLES, QuietRunDir, RunDir, truncate_jsonl
 from sftrl.train import checkpoints
+from sftrl.train.compute import sft_step_metrics
 from sftrl.train.evaluate import evaluate
 from sftrl.train.optim import TrainingError
 from sftrl.train.progress import Progress
@@ -32,7 +33,8 @@ from sftrl.train.session import Session, frozen_reference
 from sftrl.train.sft_step import sft_step
 from sftrl.train.state import restore, state_of
 
-__all__ = ["Session", "TrainingError", "buffer_step", "evaluate_all", "fit", "quiet_libraries", "run_rl_step", "run_sft_step"]
+__all__ = ["Session", "TrainingError", "buffer_step", "evaluate_all", "fit", "quiet_libraries", "run_rl_step",
+           "run_sft_step"]
 
 
 def run_sft_step(s: Session) -> dict:
@@ -45,7 +47,7 @@ def run_sft_step(s: Session) -> dict:
     lr = update.lr
     with s.policy.precision():
         out = sft_step(s.model, update, batch, micro_batch_size=cfg.sft.micro_batch_size)
-    return {**out, "optim/lr": lr}
+    return {**out, "optim/lr": lr, **sft_step_metrics(batch, n_params=s.policy.n_params)}
 
 
 def run_rl_step(s: Session) -> dict:
@@ -56,10 +58,12 @@ def run_rl_step(s: Session) -> dict:
         s.policy = replace(s.policy, ref=frozen_reference(s.model, s.fresh_policy))
     update = s.optims.update("rl", cfg.rl.optim, what=f"rl step {st.step + 1}", nonfinite=cfg.guard.nonfinite)
     with s.policy.precision():
-        metrics, st.entropy_ctl, s.last_groups = rl_step(
-            s.policy, update, s.streams, cfg.rl, s.algo, st.entropy_ctl, st.kind_steps.get("rl", 0), s.rngs.sample)
-        metrics.update(st.buffer.step(s.last_groups.routed, lambda problems: buffer_step(s, problems)))
-    return metrics
+        metrics, st.ctls, s.last_groups = rl_step(
+            s.policy, update, s.streams, cfg.rl, s.algo, st.ctls, st.kind_steps.get("rl", 0), s.rngs.sample)
+        buffered = st.buffer.step(s.last_groups.routed, lambda problems: buffer_step(s, problems))
+    metrics["compute/trained_tokens"] += buffered.pop("compute/buffer_trained_tokens", 0.0)   # ReLIFT's extra
+    metrics["compute/flops"] += buffered.pop("compute/buffer_flops", 0.0)                     # SFT steps count too
+    return {**metrics, **buffered}
 
 
 def buffer_step(s: Session, problems: list) -> dict:
@@ -70,7 +74,8 @@ def buffer_step(s: Session, problems: list) -> dict:
     updates = lambda: s.optims.update("buffer", ocfg, what=f"the buffer SFT step of rl step {s.state.step + 1}",  # noqa: E731
                                       nonfinite=s.cfg.guard.nonfinite)
     return buffer_sft(s.model, updates, s.policy.demos, problems, batch=hy.buffer_batch, epochs=hy.buffer_epochs,
-                      entropy_coef=s.algo.sft_entropy_coef, micro_batch_size=rl.micro_batch_size)
+                      entropy_coef=s.algo.sft_entropy_coef, micro_batch_size=rl.micro_batch_size,
+                      n_params=s.policy.n_params)
 
 
 def evaluate_all(s: Session) -> tuple[dict, list[dict]]:
@@ -209,6 +214,7 @@ def rollout_records(g, n: int) -> list[dict]:
     if g is None:
         return []
     G = g.sc.r.shape[1] if g.sc.r.ndim == 2 else 1
+    adv = None if g.adv is None else g.adv.sum(1) / (g.ro.lengths.clamp(min=1) if g.adv.shape[1] > 1 else 1)   # [N]
     out = []
     for row in range(min(n, len(g.ro.texts))):
         p = g.problems[row // G]
@@ -216,7 +222,7 @@ def rollout_records(g, n: int) -> list[dict]:
         out.append({"problem_id": p.id, "group": row // G, "gold": p.answer, "completion": text,
                     "answer": verify.extract(text, "strict"), "reward": float(g.sc.r.view(-1)[row]),
                     "correct": bool(g.sc.acc.view(-1)[row] > 0), "length": int(g.ro.lengths[row]),
-                    "offpolicy": bool(g.off[row])})
+                    "offpolicy": bool(g.off[row]), "advantage": None if adv is None else float(adv[row])})
     return out
 
 

@@ -17,6 +17,7 @@ from sftrl.algos import hybrid
 from sftrl.batch import Rollout
 from sftrl.data.rewards import Scored, score_rollout
 from sftrl.parallel import dist
+from sftrl.train import compute
 
 
 @dataclass
@@ -29,11 +30,17 @@ class Groups:
     problems: list                  # P' problems of the RL groups
     routed: list                    # problems routed to SFT, from every rollout drawn this step
     metrics: dict
+    adv: torch.Tensor | None = None     # [N, 1] or [N, T]: the advantages the step trained with
+
+
+def group_size(rcfg, algo) -> int:
+    """Rows per group: rollout.group_size, less the slot a demonstration of the SFT term takes."""
+    return rcfg.rollout.group_size - algo.sft_slots
 
 
 def _rollout(p, problems: list, rcfg, algo, gen) -> tuple:
     """Rollout of G samples per problem (G-1 and the demonstration with off-policy groups) and scores."""
-    G = rcfg.rollout.group_size
+    G = group_size(rcfg, algo)
     ro = p.sample(p.model, [p.prompt(pb) for pb in problems], G - algo.offpolicy, gen)
     off = torch.zeros(len(problems) * G, dtype=torch.bool)                      # [N]
     if algo.offpolicy:
@@ -47,13 +54,15 @@ def draw(p, stream, rcfg, algo, gen) -> Groups:
     """This rank's block of the next P problems, rolled out, scored and routed; with dynamic
     sampling, more rollouts until P groups have mixed accuracy (at most `max_gen_batches`),
     truncated to exactly P."""
-    G, P = rcfg.rollout.group_size, rcfg.rollout.prompts_per_step
-    problems = dist.shard(stream.next(P))
+    G, P_all = group_size(rcfg, algo), rcfg.rollout.prompts_per_step
+    problems = dist.shard(stream.next(P_all))
     P = len(problems)
-    parts, routed, drawn, batches = [], [], 0, 0
+    parts, routed, drawn, batches, cost = [], [], 0, 0, {"compute/prompt_tokens": 0.0, "compute/generated_tokens": 0.0}
     while True:
         batches += 1
         ro, off, sc = _rollout(p, problems, rcfg, algo, gen)
+        cost["compute/prompt_tokens"] += compute.prompt_tokens(ro)
+        cost["compute/generated_tokens"] += float(ro.completion_mask[~off].sum())
         route = algo.route(sc.acc[:, ~off[:G]])                                 # [P] bool, samples only
         routed += [pb for pb, r in zip(problems, route.tolist()) if r]
         drawn += len(problems)
@@ -63,7 +72,7 @@ def draw(p, stream, rcfg, algo, gen) -> Groups:
         parts.append((ro, off, sc, problems, keep.nonzero().squeeze(1)))
         if not algo.dynamic_sampling or sum(len(x[4]) for x in parts) >= P or batches >= algo.max_gen_batches:
             break
-        problems = stream.next(P)
+        problems = dist.shard(stream.next(P_all))       # every rank its own block of the next batch
     if algo.dynamic_sampling and not any(len(x[4]) for x in parts):   # nothing informative: keep the last batch
         ro, off, sc, pb, _ = parts[-1]
         keep = ~route if algo.replace_group else torch.ones_like(route)
@@ -77,7 +86,7 @@ def draw(p, stream, rcfg, algo, gen) -> Groups:
         pbs.extend(pb[i] for i in groups.tolist())
     n = min(P, len(pbs)) if algo.dynamic_sampling else len(pbs)
     rows = torch.arange(n * G)
-    metrics = {"sft/routed_frac": len(routed) / drawn}
+    metrics = {"sft/routed_frac": len(routed) / drawn, **cost}
     if algo.dynamic_sampling:
         metrics.update({"groups/gen_batches": float(batches), "groups/kept": float(n)})
     return Groups(ro=rows_of.select_rows(rows_of.concat(ros, p.pad_id), rows),
@@ -112,10 +121,15 @@ class StepBatch:
 
     @property
     def sft_rows(self) -> torch.Tensor:
-        return torch.arange(self.n_rl, self.ro.prompt_ids.shape[0])
+        return torch.arange(self.n_rl, self.mask.shape[0])
 
-    def mini_batches(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(RL rows, SFT rows) of each of `k` optimiser steps: RL rows split in order (whole groups
-        when G divides), SFT rows spread evenly over them."""
-        rl = list(self.rl_rows.chunk(k)) if self.n_rl else [self.rl_rows]
-        return list(zip(rl, self.sft_rows.tensor_split(len(rl))))
+    def mini_batches(self, k: int, epochs: int = 1, gen: torch.Generator | None = None) -> list[tuple]:
+        """(RL rows, SFT rows) of each optimiser step of `epochs` passes with `k` steps each: RL rows
+        split in order (whole groups when G divides), or in a fresh permutation drawn from `gen`
+        each pass (oat), SFT rows spread evenly over a pass's steps."""
+        out = []
+        for _ in range(epochs):
+            order = self.rl_rows if gen is None else self.rl_rows[torch.randperm(self.n_rl, generator=gen)]
+            rl = list(order.chunk(k)) if self.n_rl else [order]
+            out += list(zip(rl, self.sft_rows.tensor_split(len(rl))))
+        return out

@@ -1,9 +1,11 @@
 """The loss terms of an RL step, accumulated micro-batch by micro-batch, and its report.
 
-Owns: `Fixed` (what is computed once per rollout: advantages, accuracies, behaviour and reference
-log-probs, the token filter's masks), `rl_terms` (policy gradient, KL-Cov, KL and entropy over one
+Owns: `advantages` (group-relative from the scalar rewards, or per token for REINFORCE++, with KL
+in the reward where configured), `Fixed` (what is computed once per rollout: advantages,
+accuracies, behaviour and reference log-probs; and the token filter's masks, filled per
+mini-batch by `filter_tokens`), `rl_terms` (policy gradient, KL-Cov, KL and entropy over one
 mini-batch's RL rows), `sft_term` (the weighted NLL of its demonstration rows, with the two
-gradients' norms), `rollout_metrics` and `GLOBAL_SUMS`. Every reduction goes through weights
+gradients' norms), `measured_kl`, `rollout_metrics` and `GLOBAL_SUMS`. Every reduction goes through weights
 computed from the whole mini-batch's mask, so micro-batching never changes the objective.
 """
 
@@ -28,13 +30,62 @@ class Fixed:
     adv: torch.Tensor                       # [N, 1] advantage (0 on SFT rows)
     acc: torch.Tensor                       # [N, 1] strict accuracy of the row's sample
     old_logp: torch.Tensor | None           # [N, T] behaviour log-probs (None: the update's own, detached)
+    old_ent: torch.Tensor | None            # [N, T] entropies of the behaviour pass
     ref_logp: torch.Tensor | None           # [N, T] reference log-probs (None: no reference)
     keep: torch.Tensor                      # [N, T] 1 where the token keeps its policy-gradient loss
+    keep_entropy: torch.Tensor              # [N, T] 1 where the token counts in the entropy bonus
     penalise: torch.Tensor                  # [N, T] KL-Cov's coefficient per token
 
+    @classmethod
+    def of(cls, adv, acc, old_logp, old_ent, ref_logp, mask) -> "Fixed":
+        """From the groups' accuracy acc [P', G] (rows after it are SFT rows, accuracy 0); no token
+        filtered yet (`filter_tokens` fills the masks per mini-batch)."""
+        acc_rows = torch.zeros(mask.shape[0], 1)                                # [N, 1]
+        acc_rows[:acc.numel()] = acc.reshape(-1, 1)
+        return cls(adv, acc_rows, old_logp, old_ent, ref_logp, torch.ones_like(mask), torch.ones_like(mask),
+                   torch.zeros_like(mask))
 
-def rl_terms(model, b, rows_mb: torch.Tensor, fx: Fixed, algo, totals: dict, *, coef: float, rl_scale: float,
-             temperature: float, micro: int | None, n_mb: int) -> None:
+
+def advantages(algo, g, b, old_logp, ref_logp, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adv [N, 1], or [N, T] for token-level estimators; 0 on SFT rows) and the rewards r [P', G]
+    they come from. KL in the reward (beta > 0) is, for group estimators, each sequence's KL sum
+    subtracted from its scalar reward before the baseline (TRL RLOO, verl use_kl_in_reward); for
+    token-level ones, beta * KL per token before the returns (verl REINFORCE++)."""
+    n, (N, T) = b.n_rl, b.mask.shape
+    r = g.sc.r                                                                  # [P', G]
+    on = (b.mask * ~b.off[:, None])[:n]                                         # [n, T] samples' tokens
+    kl = algo.kl(old_logp[:n], ref_logp[:n]) * on if beta > 0 and ref_logp is not None \
+        else torch.zeros_like(on)                                               # [n, T]
+    if algo.token_advantage:
+        adv = torch.zeros(N, T)
+        if n:
+            adv[:n] = dist.global_apply(algo.advantage, r.reshape(-1), beta * kl, b.mask[:n])
+        return adv, r
+    r = r - beta * kl.sum(1).view(r.shape) if beta > 0 else r
+    adv = torch.zeros(N, 1)
+    if n:
+        adv[:n] = dist.global_rows(algo.advantage, r).reshape(-1, 1)
+    return adv, r
+
+
+def filter_tokens(model, b, rows_mb: torch.Tensor, fx: Fixed, algo, gen, *, moved: bool, temperature: float,
+                  chunk: int) -> None:
+    """Run the token filter on one mini-batch's RL rows and write its masks into `fx`: from the
+    policy's log-probs and entropies as the mini-batch starts (a no-grad pass once the policy has
+    moved; before that they are the behaviour pass's)."""
+    logp, ent = fx.old_logp, fx.old_ent                                         # [N, T] each
+    if moved:
+        with torch.no_grad():
+            logp, ent = forward.forward_rows(model, b.ro.input_ids, b.ro.attention_mask, b.ro.prompt_ids.shape[1],
+                                             b.ro.lengths, chunk, temperature, rows=rows_mb)
+    logp, ent = logp[rows_mb], ent[rows_mb]                                     # [n, T] each
+    out = algo.token_filter(logp, fx.old_logp[rows_mb], fx.adv[rows_mb], ent, b.mask[rows_mb], gen=gen,
+                            clip=algo.clip_eps)
+    fx.keep[rows_mb], fx.keep_entropy[rows_mb], fx.penalise[rows_mb] = out
+
+
+def rl_terms(model, b, rows_mb: torch.Tensor, fx: Fixed, algo, totals: dict, *, coef: float, beta: float,
+             rl_scale: float, temperature: float, micro: int | None, n_mb: int) -> None:
     """Backward of the RL loss over one mini-batch's RL rows, micro-batch by micro-batch; adds
     each term's share (1/n_mb of the step's mean) to `totals`."""
     ids, attn, Lp = b.ro.input_ids, b.ro.attention_mask, b.ro.prompt_ids.shape[1]
@@ -50,13 +101,13 @@ def rl_terms(model, b, rows_mb: torch.Tensor, fx: Fixed, algo, totals: dict, *, 
         pg_tok = torch.where(on, algo.surrogate(logp, old, a, b.mask[rows]), algo.offpolicy_loss(logp, a))
         loss_pg = (pg_tok * fx.keep[rows] * w_p).sum()
         loss_cov = ((logp - old).abs() * fx.penalise[rows] * w_p).sum()        # KL-Cov
-        bonus = (ent * w_t).sum()
+        bonus = (ent * fx.keep_entropy[rows] * w_t).sum()
         loss_rl = loss_pg + loss_cov
         if fx.ref_logp is not None:
             kl = (algo.kl(logp, fx.ref_logp[rows]) * on * w_p).sum()
-            if algo.kl_loss_coef > 0:
-                loss_rl = loss_rl + algo.kl_loss_coef * kl
-                totals["loss/kl"] += algo.kl_loss_coef * kl.item() / n_mb
+            if beta > 0:                                                        # KL as a loss term
+                loss_rl = loss_rl + beta * kl
+                totals["loss/kl"] += beta * kl.item() / n_mb
             totals["policy/kl"] += kl.item() / n_mb
         loss = rl_scale * loss_rl - coef * bonus
         loss.backward()
@@ -97,12 +148,17 @@ def sft_term(model, b, rows_mb: torch.Tensor, algo, lam: float, totals: dict, *,
     totals["grad/norm_sft"] += norms[1] / n_mb
 
 
-def seq_kl(algo, b, old_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-sequence sums of the KL estimate between behaviour and reference over the samples'
-    tokens (never a demonstration's) [n_rl]."""
+def measured_kl(algo, b, old_logp, ref_logp) -> tuple[float, int]:
+    """(mean over every rank's sampled sequences of each one's token-mean KL between behaviour and
+    reference, their number): what an adaptive beta tracks (verl apply_kl_penalty's current_kl)."""
     n = b.n_rl
-    on_mask = b.mask * ~b.off[:, None]                                          # [N, T]
-    return (algo.kl(old_logp[:n], ref_logp[:n]) * on_mask[:n]).sum(1)
+    on = (b.mask * ~b.off[:, None])[:n]                                         # [n, T]
+    if old_logp is None or ref_logp is None:
+        return 0.0, 0
+    per_seq = (algo.kl(old_logp[:n], ref_logp[:n]) * on).sum(1) / (on.sum(1) + 1e-8)   # [n]
+    has = (on.sum(1) > 0).float()
+    tot = dist.sum_scalars({"kl": float((per_seq * has).sum()), "n": float(has.sum())}, ("kl", "n"))
+    return tot["kl"] / max(tot["n"], 1.0), int(tot["n"])
 
 
 def _grad_snapshot(model) -> list[torch.Tensor]:
@@ -121,9 +177,12 @@ def _grad_norms(model, before: list[torch.Tensor]) -> tuple[float, float]:
 
 
 def rollout_metrics(g, b, r: torch.Tensor, fx: Fixed, offpolicy: int) -> dict:
-    """Reward, length, group-signal and filtering numbers of the rollout's RL rows (no gradients)."""
+    """Reward, length, group-signal and filtering numbers of the rollout's RL rows (no gradients).
+    Token-level advantages are averaged over valid tokens, group ones over rows."""
     ro, sc, n = g.ro, g.sc, b.n_rl
     adv, mask, keep = fx.adv[:n], b.mask[:n], fx.keep[:n]
+    if adv.shape[1] > 1:
+        adv = (adv * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1.0)
     lengths = ro.lengths                                                        # [N]
     zero_std = (r.max(1).values == r.min(1).values).float()                      # [P]
     out = {"reward/mean": float(r.mean()), "reward/std": float(r.std()),

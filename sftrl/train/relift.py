@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sftrl.parallel import dist
+from sftrl.train.compute import sft_step_metrics
 from sftrl.train.optim import Update
 from sftrl.train.sft_step import sft_step
 
@@ -71,15 +72,19 @@ def make_buffer(buffered: bool, *, order: str, trigger: int):
 
 
 def buffer_sft(model, updates: Callable[[], Update], demos: Callable, problems: list, *, batch: int | None,
-               epochs: int, entropy_coef: float, micro_batch_size: int | None) -> dict:
+               epochs: int, entropy_coef: float, micro_batch_size: int | None, n_params: int = 0) -> dict:
     """ReLIFT's SFT step on the popped problems: one optimiser step per `batch` demonstrations
     (None: all of them), `epochs` passes, an entropy bonus; `updates()` is the buffer's own
     optimiser (constant rate)."""
-    size, losses = batch or len(problems), []
+    size, losses, cost = batch or len(problems), [], {"tokens": 0.0, "flops": 0.0}
     for _ in range(epochs):
         for i in range(0, len(problems), size):
-            out = sft_step(model, updates(), demos(problems[i:i + size]), micro_batch_size=micro_batch_size,
-                           entropy_coef=entropy_coef)
+            rows = demos(problems[i:i + size])
+            out = sft_step(model, updates(), rows, micro_batch_size=micro_batch_size, entropy_coef=entropy_coef)
             losses.append(out["loss/sft"])
+            spent = sft_step_metrics(rows, n_params=n_params)
+            cost["tokens"] += spent["compute/trained_tokens"]
+            cost["flops"] += spent["compute/flops"]
     return {"loss/sft_buffer": sum(losses) / len(losses), "sft/buffer_steps": float(len(losses)),
-            "sft/buffer_problems": float(len(problems))}
+            "sft/buffer_problems": float(len(problems)), "compute/buffer_trained_tokens": cost["tokens"],
+            "compute/buffer_flops": cost["flops"]}

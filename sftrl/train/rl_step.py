@@ -17,17 +17,18 @@ from collections import defaultdict
 import torch
 
 from sftrl.parallel import dist, sharding
-from sftrl.train import forward, groups, losses
+from sftrl.train import compute, forward, groups, losses
 from sftrl.train.groups import StepBatch
 from sftrl.train.losses import Fixed
 
 
-def rl_step(p, update, streams, cfg, algo, ctl, t: int, gen: torch.Generator) -> tuple[dict, object, groups.Groups]:
-    """One rollout of this rank's problems, SFT routing, and `algo.mini_batches` optimiser steps
-    on its RL rows plus demonstration rows. `p`: the policy bundle; `update(model)`: one
-    optimiser step; `streams`: problem streams; `cfg`: the RL config; `ctl`: the entropy
-    controller; `t`: RL steps done before this one (SFT schedules read it); `gen`: the sampling
-    generator. Mutates p.model and the optimiser only; returns (metrics, next controller, groups)."""
+def rl_step(p, update, streams, cfg, algo, ctls, t: int, gen: torch.Generator) -> tuple[dict, object, groups.Groups]:
+    """One rollout of this rank's problems, SFT routing, and `algo.epochs` x `algo.mini_batches`
+    optimiser steps on its RL rows plus demonstration rows. `p`: the policy bundle;
+    `update(model)`: one optimiser step; `streams`: problem streams; `cfg`: the RL config; `ctls`:
+    the entropy and KL controllers; `t`: RL steps done before this one (SFT schedules read it);
+    `gen`: the sampling generator. Mutates p.model and the optimiser only; returns (metrics, next
+    controllers, groups)."""
     t0 = time.perf_counter()
 
     # -- 1-3. rollout, reward, routing, dynamic sampling; demonstrations become SFT rows -----
@@ -38,7 +39,7 @@ def rl_step(p, update, streams, cfg, algo, ctl, t: int, gen: torch.Generator) ->
     t_gen = time.perf_counter()
 
     # -- 4. behaviour and reference log-probs of the RL rows, once per step -------------------
-    # With one update per rollout and nothing that reads them before the update, the behaviour
+    # With one optimiser step per rollout and nothing that reads them before it, the behaviour
     # log-probs equal the update's own (detached): that pass is skipped, as TRL does.
     temp, chunk = cfg.rollout.temperature, cfg.micro_batch_size or max(1, b.n_rl)
     fwd = dict(ids=b.ro.input_ids, attn=b.ro.attention_mask, Lp=b.ro.prompt_ids.shape[1],
@@ -48,34 +49,31 @@ def rl_step(p, update, streams, cfg, algo, ctl, t: int, gen: torch.Generator) ->
         ref_logp = forward.forward_rows(p.ref, entropy=False, **fwd)[0] if p.ref is not None else None
     t_ref = time.perf_counter()
 
-    # -- 5. advantages (over whole groups of every rank) and token filter, once per rollout ----
-    r = g.sc.r                                                                  # [P', G]
-    if algo.kl_reward_coef > 0 and ref_logp is not None:
-        r = r - algo.kl_reward_coef * losses.seq_kl(algo, b, old_logp, ref_logp).view(r.shape)
-    adv, acc = torch.zeros(b.mask.shape[0], 1), torch.zeros(b.mask.shape[0], 1)   # [N, 1]
-    if b.n_rl:
-        adv[:b.n_rl] = dist.global_rows(algo.advantage, r).reshape(-1, 1)
-        acc[:b.n_rl] = g.sc.acc.reshape(-1, 1)
-    keep, penalise = algo.token_filter(old_logp, adv, old_ent, b.mask, gen=gen) if algo.needs_old_logp \
-        else (torch.ones_like(b.mask), torch.zeros_like(b.mask))               # [N, T] each
-    fx = Fixed(adv=adv, acc=acc, old_logp=old_logp, ref_logp=ref_logp, keep=keep, penalise=penalise)
+    # -- 5. advantages (over whole groups of every rank), KL in the reward, SFT weight ----------
+    beta = ctls.kl.coef
+    adv, r = losses.advantages(algo, g, b, old_logp, ref_logp, beta if algo.kl_in_reward else 0.0)
+    fx = Fixed.of(adv, g.sc.acc, old_logp, old_ent, ref_logp, b.mask)
+    g.adv = adv[:b.n_rl]
     lam = algo.sft_lambda(t)
-    rl_scale, coef, lr = algo.rl_scale(lam), ctl.coef, update.lr
+    rl_scale, coef, lr = algo.rl_scale(lam), ctls.entropy.coef, update.lr
 
-    # -- 6. optimise: mini-batches are optimiser steps; micro-batches only split the compute --
+    # -- 6. optimise: each mini-batch of each pass is an optimiser step; micro-batches split compute
     totals: dict[str, float] = defaultdict(float)
-    mini = b.mini_batches(algo.mini_batches)
-    for mb_rl, mb_sft in mini:
-        losses.rl_terms(p.model, b, mb_rl, fx, algo, totals, coef=coef, rl_scale=rl_scale, temperature=temp,
-                        micro=cfg.micro_batch_size, n_mb=len(mini))
+    mini = b.mini_batches(algo.mini_batches, algo.epochs, gen if algo.shuffle else None)
+    for i, (mb_rl, mb_sft) in enumerate(mini):
+        if algo.filters:                        # token filters: once per mini-batch, as it starts
+            losses.filter_tokens(p.model, b, mb_rl, fx, algo, gen, moved=i > 0, temperature=temp, chunk=chunk)
+        losses.rl_terms(p.model, b, mb_rl, fx, algo, totals, coef=coef, beta=beta if algo.kl_in_loss else 0.0,
+                        rl_scale=rl_scale, temperature=temp, micro=cfg.micro_batch_size, n_mb=len(mini))
         losses.sft_term(p.model, b, mb_sft, algo, lam, totals, micro=cfg.micro_batch_size, n_mb=len(mini))
         totals["grad/norm"] += update(p.model) / len(mini)
     t_upd = time.perf_counter()
 
-    # -- 7. report -----------------------------------------------------------------------------
+    # -- 7. report, and the controllers' next values -----------------------------------------------
     totals = dist.sum_scalars(totals, losses.GLOBAL_SUMS)       # losses of all ranks' rows
-    ctl = ctl.update(totals["policy/entropy"], t)                 # logged as 0 when no RL rows remain
-    out = {**totals, **g.sc.parts, **g.metrics, "entropy/coef": coef, "optim/lr": lr,
+    kl_now, n_seq = losses.measured_kl(algo, b, old_logp, ref_logp)
+    ctls = ctls.update(totals["policy/entropy"], kl_now, n_seq, t)   # entropy logged as 0 without RL rows
+    out = {**totals, **g.sc.parts, **g.metrics, "entropy/coef": coef, "kl/coef": beta, "optim/lr": lr,
            "sft/rows": float(len(b.sft_rows)), "rl/groups": float(len(g.problems)),
            "time/rollout": t_gen - t0, "time/logp_ref": t_ref - t_gen, "time/update": t_upd - t_ref,
            "perf/tokens_per_s": float(g.ro.completion_mask.sum()) / max(t_upd - t0, 1e-9)}
@@ -83,4 +81,6 @@ def rl_step(p, update, streams, cfg, algo, ctl, t: int, gen: torch.Generator) ->
         out["sft/weight"] = lam
     if b.n_rl:
         out.update(losses.rollout_metrics(g, b, r, fx, algo.offpolicy))
-    return out, ctl, g
+    passes = int(old_logp is not None) + int(ref_logp is not None) + algo.filters * (len(mini) - 1)
+    out.update(compute.rl_step_metrics(g, b, n_params=p.n_params, no_grad_passes=passes, epochs=algo.epochs))
+    return out, ctls, g

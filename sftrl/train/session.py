@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
 import torch
 
 from sftrl.algos import entropy
-from sftrl.algos.algo import Algo
+from sftrl.algos.algo import Algo, Controllers
+from sftrl.algos.kl_control import make_kl_controller
 from sftrl.config import Config
 from sftrl.data.streams import ProblemStream, demo_batch
 from sftrl.data.tasks import load_problems
@@ -26,6 +28,7 @@ from sftrl.lm import rollout
 from sftrl.lm.models import AdaptersOff, autocast, device_from, is_lora, load_policy, render_prompt, shard
 from sftrl.parallel import dist, sharding
 from sftrl.runlog import RunDir
+from sftrl.train.compute import param_count
 from sftrl.train.optim import Optimizers
 from sftrl.train.relift import make_buffer
 
@@ -70,6 +73,11 @@ class Policy:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    @cached_property
+    def n_params(self) -> int:
+        """Parameters a token's forward pass multiplies by (for the compute/* estimates)."""
+        return param_count(self.model)
+
     def prompt(self, problem) -> str:
         return self.render(problem, self.template)
 
@@ -96,7 +104,7 @@ class Streams:
 class TrainState:
     """What `fit` threads from step to step (and checkpoints save): counters, controllers, buffers."""
 
-    entropy_ctl: object
+    ctls: Controllers               # the entropy bonus and the KL coefficient
     buffer: object                  # sftrl.train.relift: SFTBuffer, or NullBuffer when unused
     step: int = 0
     kind_steps: dict = field(default_factory=dict)   # steps done per kind (sft, rl): schedules read these
@@ -153,7 +161,9 @@ class Session:
                         precision=lambda: autocast(cfg.model, device))
         algo = Algo.from_config(cfg.rl)
         hy = cfg.rl.hybrid
-        state = TrainState(entropy_ctl=entropy.make_controller(cfg.rl.algo.entropy.mode, cfg.rl.algo.entropy.kwargs),
+        a = cfg.rl.algo
+        state = TrainState(ctls=Controllers(entropy.make_controller(a.entropy.mode, a.entropy.kwargs),
+                                            make_kl_controller(a.kl)),
                            buffer=make_buffer(algo.buffered, order=hy.buffer_order,
                                               trigger=hy.buffer_trigger or ro.prompts_per_step))
         return cls(cfg=cfg, run=run, policy=policy, algo=algo,

@@ -11,6 +11,8 @@ from dataclasses import replace
 import torch
 
 from sftrl.algos import entropy
+from sftrl.algos.algo import Controllers
+from sftrl.algos.kl_control import kl_controller_from_state, kl_controller_state
 from sftrl.lm.models import AdaptersOff, is_lora
 from sftrl.parallel import dist, sharding
 from sftrl.train.session import Session, frozen_reference
@@ -29,7 +31,8 @@ def state_of(s: Session) -> dict:
                      # each process samples its own completions: every rank's streams, in rank order
                      "by_rank": dist.gather_objects([(s.rngs.sample.get_state(), torch.get_rng_state())])},
             "stream": s.streams.train.state(), "expert_stream": s.streams.expert.state(),
-            "entropy": entropy.controller_state(st.entropy_ctl), "buffer": st.buffer.state(),
+            "entropy": entropy.controller_state(st.ctls.entropy), "kl": kl_controller_state(st.ctls.kl),
+            "buffer": st.buffer.state(),
             "skipped": (st.skipped, st.skipped_run)}
 
 
@@ -55,6 +58,7 @@ def restore(s: Session, state: dict) -> None:
     torch.set_rng_state(torch_rng)
     s.streams.train.load_state(state["stream"])
     s.streams.expert.load_state(state["expert_stream"])
-    st.entropy_ctl = entropy.controller_from_state(state["entropy"])
+    kl = kl_controller_from_state(state["kl"]) if "kl" in state else st.ctls.kl   # older checkpoints: fixed beta
+    st.ctls = Controllers(entropy.controller_from_state(state["entropy"]), kl)
     st.buffer.load_state(state["buffer"], {p.id: p for p in s.train_problems})
     st.skipped, st.skipped_run = state["skipped"]

@@ -1,7 +1,7 @@
 """The `Problem` record and the task registry shared by every task source.
 
 Owns: `Problem`, `TASKS` (name -> loader) and `load_problems`. Prompt templating lives in
-`sftrl.data.tasks.prompts`; answer checking lives in `sftrl.verify`.
+`sftrl.data.tasks.prompts`; answer checking lives in `sftrl.data.verify`.
 """
 
 from __future__ import annotations
