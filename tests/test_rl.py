@@ -15,6 +15,7 @@ from sftrl.config import ConfigError, build_config
 from sftrl.registry import RegistryError
 from sftrl.runlog import RunDir
 from sftrl.train.fit import Session, fit
+from sftrl.lm import logprobs
 from sftrl.train.rl_step import rl_step
 from tests.tolerances import U, summed_terms
 
@@ -116,10 +117,15 @@ def test_micro_batching_does_not_change_an_rl_step(tmp_path, preset, mini):
         for a, b, t in zip(step0, step1, tol[-1]):
             assert_close(b, a, rtol=0, atol=t + 1e-30)
     # the logged sums: per-token terms of the clipped surrogate are at most (1 + eps_high) max|adv|
-    # (below 2 max|adv| at these ratios), KL (k3) and entropy terms are non-negative; the norm moves
-    # by at most the norm of the gradients' difference
-    adv = float(s.algo.advantage(g.sc.r).abs().max())
-    size = {"loss/pg": 2 * adv, "policy/kl": m0["policy/kl"], "policy/entropy": m0["policy/entropy"]}
+    # (below 2 max|adv| at these ratios), and max|adv| <= rows * mean|adv| (adv/abs_mean); KL (k3) and
+    # entropy terms are non-negative; the norm moves by at most the norm of the gradients' difference
+    adv = g.ro.input_ids.shape[0] * m0["adv/abs_mean"]
+    ro, temp = g.ro, s.cfg.rl.rollout.temperature           # the weights did not move (Recorder): recompute
+    with torch.no_grad():                                    # each KL term; the weights sum to at most 1
+        lp, rp = (logprobs.token_logp(m, ro.input_ids, ro.attention_mask, ro.prompt_ids.shape[1], temperature=temp)
+                  for m in (s.model, s.policy.ref))
+    kl_terms = float((s.algo.kl(lp, rp).abs() * ro.completion_mask).max())
+    size = {"loss/pg": 2 * adv, "policy/kl": kl_terms, "policy/entropy": m0["policy/entropy"]}
     size["loss/total"] = size["loss/pg"] + 0.1 * size["policy/kl"] + 0.01 * size["policy/entropy"]
     for key, bound in size.items():
         assert m1[key] == pytest.approx(m0[key], rel=0, abs=n * U * bound + 1e-30), key
