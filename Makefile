@@ -4,13 +4,16 @@
 # `make study ARGS=--quick` or `make test ARGS="tests/test_stats.py -x"`.
 VENV ?= .venv
 ARGS ?=
+BIN = $(abspath $(VENV))/bin
+# the venv's commands (sftrl, accelerate, torchrun) first on PATH, as an activated venv would have them
+RUN = PATH="$(BIN):$$PATH"
 
 .PHONY: setup study test
 setup:
 	@VENV=$(VENV) sh scripts/setup.sh
 
 study: setup
-	$(VENV)/bin/sftrl study $(ARGS)
+	$(RUN) $(BIN)/sftrl study $(ARGS)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(RUN) $(BIN)/python -m pytest -q $(ARGS)
