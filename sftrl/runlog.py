@@ -43,12 +43,37 @@ LOGS = (METRICS, EVAL, SAMPLES)
 """The append-only logs, truncated to the resumed step when a run resumes."""
 
 
+def umask() -> int:
+    """The process's file-creation mask (Linux reads it from /proc, elsewhere it is set and reset)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path) -> Path:
+    """Give `path` the mode a plain `open()` or `mkdir()` would (0644 / 0755 under umask 022).
+
+    `tempfile.mkstemp` and `mkdtemp` create 0600 / 0700 entries, so a file renamed into place
+    from one would be unreadable to colleagues sharing a results folder."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~umask())
+    return Path(path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path` (mode as
+    `open()` would give it: 0644 under umask 022)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        shareable(Path(tmp))
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -172,6 +197,12 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.trackers = None
+        """Experiment trackers (`sftrl.trackers.Trackers`) fed every metrics and eval line, then final."""
+
+    def track(self, trackers) -> None:
+        """Send every later metrics.jsonl and eval.jsonl line, and the final numbers, to `trackers`."""
+        self.trackers = trackers
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -200,9 +231,13 @@ class RunDir:
 
     def log(self, name: str, record: dict) -> None:
         append_jsonl(self.file(name), record)
+        if self.trackers is not None and name in (METRICS, EVAL):
+            self.trackers.log(record)
 
     def finish(self, final: dict) -> None:
-        """final.json, the end time in provenance.json, then DONE last."""
+        """final.json, the end time in provenance.json, then DONE last (trackers get final first)."""
+        if self.trackers is not None:
+            self.trackers.finish(final)
         atomic_write_json(self.file(FINAL), final)
         prov_path = self.file(PROVENANCE)
         prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
@@ -220,6 +255,9 @@ class QuietRunDir(RunDir):
         pass
 
     def resume(self, *args, **kwargs) -> None:
+        pass
+
+    def track(self, trackers) -> None:
         pass
 
     def log(self, name: str, record: dict) -> None:

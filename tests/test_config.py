@@ -88,3 +88,34 @@ def test_explain_lists_every_leaf_with_meaning():
 def test_task_key_labels():
     assert Config().task.key == "arith"
     assert build_config({}, ["task.name=reasoning_gym:gsm_symbolic"]).task.key == "gsm_symbolic"
+
+
+def test_explain_lists_the_registered_choices_of_every_registry_valued_key(capsys):
+    from sftrl.cli import main
+    from sftrl.config.choices import choices, registries
+    assert main(["config", "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {r[0]: r for r in explain()}
+    table = registries()
+    assert set(table) <= set(rows), "a key of config.choices is not a config key"
+    for key, names in choices(table).items():
+        line = next(x for x in lines if x.split(" ", 1)[0] == key)
+        assert names and line.endswith(f"Choices: {', '.join(names)}."), key
+    trailing = [k for k, *_, meaning in explain() if meaning.split(" Choices: ")[0].endswith(("...", "…", "...)"))]
+    assert not trailing, f"meanings that trail off instead of naming every choice: {trailing}"
+
+
+def test_a_newly_registered_name_appears_without_editing_the_config():
+    from sftrl.algos.policy import ADVANTAGES
+    ADVANTAGES.register("test_only_advantage")(lambda r: r)
+    try:
+        row = next(r for r in explain() if r[0] == "rl.algo.advantage")
+        assert "test_only_advantage" in row[3]
+    finally:
+        del ADVANTAGES["test_only_advantage"]
+
+
+def test_fixed_value_keys_list_their_values():
+    rows = {r[0]: r for r in explain()}
+    assert rows["rl.rollout.engine"][3].endswith("Choices: auto, direct, hf, vllm.")
+    assert rows["phases[].kind"][2] == "(required)" and rows["rl.reward.functions[].name"][2] == "(required)"

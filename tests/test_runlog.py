@@ -2,6 +2,9 @@
 
 import json
 import os
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,22 @@ def test_unwritable_directory_is_one_line(tmp_path):
         check_writable(blocker / "run")
     assert "not writable" in str(info.value) and "--out" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_get_the_mode_open_would_give(tmp_path, mask, file_mode, dir_mode):
+    """mkstemp/mkdtemp create 0600/0700 entries; renamed into place they would lock colleagues out
+    of a shared results folder, so the writers apply the umask as open() and mkdir() do."""
+    from sftrl.runlog import shareable
+    old = os.umask(mask)
+    try:
+        run = RunDir(tmp_path / "r")
+        run.start("seed: 0\n", seed=0, argv=[])
+        run.log("metrics.jsonl", {"step": 1})
+        run.finish({"x": 1.0})
+        folder = shareable(Path(tempfile.mkdtemp(dir=tmp_path)))
+    finally:
+        os.umask(old)
+    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "final.json", "DONE"):
+        assert stat.S_IMODE((run.path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE(folder.stat().st_mode) == dir_mode

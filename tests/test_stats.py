@@ -16,7 +16,8 @@ import scipy.stats
 
 from sftrl.experiment.stats import (aggregate_mean, aggregate_median, bootstrap_ci, bootstrap_samples,
                                     curve_band, holm, iqm, paired_difference,
-                                    probability_of_improvement, summarize)
+                                    interval_estimates, performance_profile, probability_of_improvement,
+                                    probability_of_improvement_ci, summarize)
 from sftrl.registry import RegistryError
 
 ATARI = Path(__file__).parents[1].parent / "shared/data/atari100k"
@@ -320,3 +321,50 @@ def test_experiment_statistics_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- rliable's figures ------------------------------------------------------------------------------
+def test_probability_of_improvement_interval_by_hand_and_against_mann_whitney():
+    rng = np.random.default_rng(0)
+    assert probability_of_improvement_ci([3.0, 4.0], [1.0, 2.0], rng, reps=200) == (1.0, 1.0, 1.0)
+    assert probability_of_improvement_ci([1.0, 1.0], [1.0, 1.0], rng, reps=200) == (0.5, 0.5, 0.5)
+    point, low, high = probability_of_improvement_ci([1.0, 2.0], [0.0, 3.0], rng, reps=2000)
+    assert point == 0.5 and 0.0 <= low < 0.5 < high <= 1.0      # 1>0, 2>0 win; 1<3, 2<3 lose
+    # each replicate is P(X > Y) of the resampled runs: the same numbers as a loop over replicates
+    x, y = human_normalised("SPR")[:20], human_normalised("DrQ_eps")[:20]
+    point, low, high = probability_of_improvement_ci(x, y, np.random.default_rng(3), reps=300)
+    u = [scipy.stats.mannwhitneyu(x[:, g], y[:, g]).statistic / (20 * 20) for g in range(26)]
+    assert point == pytest.approx(np.mean(u), rel=1e-12)
+    g = np.random.default_rng(3)
+    ia, ib = g.integers(0, 20, size=(300, 20, 26)), g.integers(0, 20, size=(300, 20, 26))
+    loop = [probability_of_improvement(np.take_along_axis(x, a, 0), np.take_along_axis(y, b, 0)) for a, b in zip(ia, ib)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])), rel=1e-12)
+    assert low < point < high
+
+
+def test_performance_profile_by_hand_and_its_band():
+    rng = np.random.default_rng(0)
+    prof, low, high = performance_profile([0.1, 0.2, 0.3, 0.4], [0.0, 0.25, 0.4, 0.5], rng, reps=500)
+    np.testing.assert_array_equal(prof, [1.0, 0.5, 0.0, 0.0])            # strictly above tau
+    assert np.all(low <= prof) and np.all(prof <= high) and low[0] == high[0] == 1.0
+    two = performance_profile([[0.1, 0.9], [0.3, 0.7]], [0.2, 0.8], rng, reps=50)[0]
+    np.testing.assert_allclose(two, [(0.5 + 1.0) / 2, (0.0 + 0.5) / 2])  # per task, then mean over tasks
+    x = human_normalised("SPR")
+    taus = np.linspace(0, 2, 9)
+    prof, low, high = performance_profile(x, taus, np.random.default_rng(1), reps=300)
+    assert np.all(np.diff(prof) <= 0) and np.all(low <= prof + 1e-12) and np.all(prof <= high + 1e-12)
+    assert prof[0] == pytest.approx((x > 0).mean(axis=0).mean())
+
+
+def test_interval_estimates_are_the_bootstrap_cis_of_each_aggregate():
+    x = human_normalised("SPR")
+    est = interval_estimates({"SPR": x}, np.random.default_rng(0), reps=500)["SPR"]
+    assert list(est) == ["median", "IQM", "mean"]
+    g = np.random.default_rng(0)
+    for name, fn in (("median", aggregate_median), ("IQM", iqm), ("mean", aggregate_mean)):
+        assert est[name] == bootstrap_ci(x, fn, g, reps=500)              # one generator, drawn in order
+    assert round(est["median"][0], 5) == 0.39563 and round(est["mean"][0], 5) == 0.61580
+    seeds = {"a": [0.1, 0.2, 0.3, 0.5], "b": [0.4, 0.4, 0.4, 0.4]}
+    est = interval_estimates(seeds, np.random.default_rng(0), reps=500)
+    assert est["a"]["median"][0] == 0.25 and est["a"]["mean"][0] == pytest.approx(0.275)   # one task: median over runs
+    assert est["b"]["IQM"] == (0.4, 0.4, 0.4)

@@ -2,7 +2,9 @@
 experiment, failures never counted, determinism, and a real headless browser check."""
 
 import json
+import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,17 @@ def test_quick_study_runs_end_to_end_and_the_report_has_every_section(quick):
     assert "http://" not in page and "https://" not in page and 'src="data:image/png;base64,' in page
     for name in (x.split("](")[1].rstrip(")") for x in md.splitlines() if x.startswith("![")):
         assert (out / name).is_file(), name
+        assert stat.S_IMODE((out / name).stat().st_mode) & 0o044 == 0o044, name    # others may read it
+    for name in ("report.html", "report.md"):
+        assert stat.S_IMODE((out / name).stat().st_mode) & 0o044 == 0o044, name
+    # rliable's figures, and every caption says how many runs and seeds and which interval
+    for fig in ("interval_estimates", "improvement", "profile"):
+        assert f"figures/{fig}.png" in md, fig
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == page.count("<img ") >= 10
+    for c in captions:
+        assert re.search(r"n = \d+ runs, \d+ seeds \(", c) and ("CI" in c or "band" in c or "no interval" in c), c
+    assert '{"' not in page.split("<h2>Hyperparameters")[0]                   # no JSON dicts as labels
 
 
 @pytest.mark.slow
@@ -79,7 +92,7 @@ def test_report_renders_in_a_headless_browser(quick, tmp_path):
     n_img = page.read_text().count("<img ")
     assert n_img >= 10
     body = _body(page)
-    assert f'data-images="{n_img}/{n_img}"' in body and 'data-errors="0"' in body
+    assert f'data-images="{n_img}/{n_img}"' in body and 'data-errors="0"' in body   # every figure loaded, no error
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--window-size=1200,2000", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
@@ -88,9 +101,10 @@ def test_report_renders_in_a_headless_browser(quick, tmp_path):
     # the check can fail: a broken image and a script error are seen
     bad = tmp_path / "bad.html"
     bad.write_text(page.read_text().replace("</body>", '<img src="data:image/png;base64,AAAA">'
-                                            "<script>undefined_function()</script></body>"))
+                                            "<script>undefined_function()</script>"
+                                            "<script>console.error('logged')</script></body>"))
     body = _body(bad)
-    assert f'data-images="{n_img}/{n_img + 1}"' in body and 'data-errors="1"' in body
+    assert f'data-images="{n_img}/{n_img + 1}"' in body and 'data-errors="3"' in body   # image, script, console
 
 
 def _body(page: Path) -> str:
@@ -171,12 +185,12 @@ def test_grid_points_are_methods_and_bad_files_never_crash(tmp_path):
                                                      "methods": {"g": []}, "grid": {"rl.algo.kl.coef": [0.0, 0.04, 0.1]},
                                                      "sensitivity": None, "seeds": [0, 1, 2], "runs": runs + [broken]}))
     exp = load_experiment(tmp_path)
-    assert exp.methods == ["g [coef=0.0]", "g [coef=0.04]", "g [coef=0.1]"]
+    assert exp.methods == ["g [β = 0.0]", "g [β = 0.04]", "g [β = 0.1]"]          # readable grid labels
     assert [r.status for r in exp.runs if r.run_id == "g_kl0.1_s0"] == ["failed"]
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "| g [coef=0.04] | 3 | 0.150 |" in md and "| g [coef=0.0] | 3 | 0.110 |" in md
-    assert "g: rl.algo.kl.coef" in md and "final.json is missing or unreadable" in md
+    assert "| g [β = 0.04] | 3 | 0.150 |" in md and "| g [β = 0.0] | 3 | 0.110 |" in md
+    assert "g: KL coefficient β (rl.algo.kl.coef)" in md and "final.json is missing or unreadable" in md
     assert md.count("unreadable line skipped") == 2
 
 
@@ -207,3 +221,4 @@ def test_smoke_shrinks_any_study_and_every_run_config_is_valid(tmp_path):
             assert cfg.task.test_size == 8 and cfg.rl.rollout.max_new_tokens == 32
             assert cfg.steps_of("sft") + cfg.steps_of("rl") <= 4 or r in warm_runs
     assert load_study(str(ROOT / "configs/studies/real-smollm2.yaml"))["base"]["model"]["name"] == "smollm2-135m"
+

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "sftrl"
 LAYERS = [
-    ("sftrl.registry", "sftrl.runlog", "sftrl.yamlio", "sftrl.batch", "sftrl.parallel"),
+    ("sftrl.registry", "sftrl.runlog", "sftrl.yamlio", "sftrl.batch", "sftrl.parallel", "sftrl.trackers"),
     ("sftrl.algos", "sftrl.lm"),
     ("sftrl.data",),
     ("sftrl.config",),

@@ -161,22 +161,46 @@ def to_yaml(cfg: BaseModel) -> str:
 
 
 def explain(cls: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Rows (key, type, default, meaning) for every field, nested sections expanded."""
-    cls = cls or Config
+    """Rows (key, type, default, meaning) for every field, nested sections expanded and the items
+    of lists of sections as `key[].field`; a key that takes registered names, or a fixed set of
+    values, lists them in its meaning (read from the registries now, see `config.choices`)."""
+    from sftrl.config.choices import choices
+    rows = _rows(cls or Config, prefix)
+    names = choices()
+    out = []
+    for key, type_name, shown, meaning in rows:
+        listed = names.get(key) or _literal_values(type_name)
+        if listed:
+            meaning = f"{meaning.rstrip()} Choices: {', '.join(listed)}."
+        out.append((key, type_name, shown, meaning))
+    return out
+
+
+def _rows(cls: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, f in cls.model_fields.items():
         key = f"{prefix}{name}"
         inner = _inner_model(f.annotation)
-        default = f.get_default(call_default_factory=True)
+        default = f.get_default(call_default_factory=True) if not f.is_required() else None
         type_name = _type_name(f.annotation)
         if inner is not None and isinstance(default, BaseModel):
             rows.append((key, type_name, "(section)", f.description or ""))
-            rows.extend(explain(inner, key + "."))
-        else:
-            shown = yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip()
-            shown = shown.removesuffix("\n...").removesuffix("...").strip()
-            rows.append((key, type_name, shown, f.description or ""))
+            rows.extend(_rows(inner, key + "."))
+            continue
+        shown = "(required)" if f.is_required() else \
+            yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        rows.append((key, type_name, shown, f.description or ""))
+        if inner is not None:                          # a list of sections: each item's fields
+            rows.extend(_rows(inner, key + "[]."))
     return rows
+
+
+def _literal_values(type_name: str) -> list[str]:
+    """['auto', 'bf16'] from "Literal['auto', 'bf16']" (or its Optional form)."""
+    import re
+    inside = re.search(r"Literal\[(.*?)\]", type_name)
+    return re.findall(r"'([^']*)'", inside.group(1)) if inside else []
 
 
 def _plain(v):

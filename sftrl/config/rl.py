@@ -69,7 +69,7 @@ class RewardConfig(Frozen):
 
 class KLConfig(Frozen):
     coef: float | None = Field(None, ge=0, description="beta: weight of KL to the frozen initial policy.")
-    estimator: str | None = Field(None, description="k1 | k2 | k3 | k3_plus (ALGORITHMS.md 0.4).")
+    estimator: str | None = Field(None, description="Estimator of the per-token KL (algos.policy.KL; ALGORITHMS.md 0.4).")
     placement: Literal["loss", "reward"] | None = Field(
         None, description="In the loss (GRPO), or subtracted from the reward: from each sequence's "
         "scalar reward before a group baseline (RLOO), per token before the returns (REINFORCE++).")
@@ -82,22 +82,23 @@ class KLConfig(Frozen):
 
 
 class EntropyConfig(Frozen):
-    mode: str | None = Field(None, description="Controller in sftrl.algos.entropy.ENTROPY: off | constant "
-                             "| scheduled | adaptive. None = from preset.")
+    mode: str | None = Field(None, description="Entropy controller (sftrl.algos.entropy.ENTROPY). None = from "
+                             "preset.")
     kwargs: dict[str, Any] | None = Field(None, description="Controller settings, e.g. {coef: 0.001} "
                                           "or {target: 0.2, delta: 1e-4, max_coef: 5e-3}.")
 
 
 class AlgoConfig(Frozen):
-    preset: str = Field("grpo", description="Named method whose values fill every field left unset.")
-    advantage: str | None = Field(None, description="Estimator in ADVANTAGES.")
+    preset: str = Field("grpo", description="RL preset (config.presets.PRESETS): a named method's algorithm, "
+                        "reward and hybrid values, filling every field left unset.")
+    advantage: str | None = Field(None, description="Advantage estimator (algos.policy.ADVANTAGES).")
     advantage_kwargs: dict[str, Any] | None = Field(None, description="Its keyword hyperparameters.")
-    surrogate: str | None = Field(None, description="Per-token surrogate in SURROGATES.")
+    surrogate: str | None = Field(None, description="Per-token surrogate (algos.policy.SURROGATES).")
     surrogate_kwargs: dict[str, Any] | None = Field(None, description="e.g. {eps_low: 0.2, eps_high: 0.28, dual_clip: 10}.")
-    weighting: str | None = Field(None, description="Loss aggregation in WEIGHTINGS.")
+    weighting: str | None = Field(None, description="Loss aggregation (algos.policy.WEIGHTINGS).")
     weighting_kwargs: dict[str, Any] | None = Field(None, description="e.g. {max_len: 64} for const_len.")
-    token_filter: str | None = Field(None, description="Token filter in TOKEN_FILTERS (none, "
-                                     "top_entropy, clip_cov, kl_cov).")
+    token_filter: str | None = Field(None, description="Tokens kept in or penalised by the policy "
+                                     "loss (algos.filters.TOKEN_FILTERS).")
     token_filter_kwargs: dict[str, Any] | None = Field(None, description="Its hyperparameters.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL to the reference policy.")
     entropy: EntropyConfig = Field(default_factory=EntropyConfig, description="Entropy regularisation.")
@@ -116,7 +117,7 @@ class HybridConfig(Frozen):
     """Supervision inside RL steps (ALGORITHMS.md §3-6). Every field None = from preset."""
 
     route: str | None = Field(None, description="Which groups get SFT on their demonstration "
-                              "(hybrid.ROUTES): none | always | all_fail | success_le.")
+                              "(algos.hybrid.ROUTES).")
     route_kwargs: dict[str, Any] | None = Field(None, description="e.g. {gamma: 2} for success_le (HPT).")
     replace_group: bool | None = Field(None, description="Routed groups leave the RL loss (SuperRL, "
                                        "HPT); false keeps them (ReLIFT: zero advantage, entropy only).")
@@ -128,14 +129,14 @@ class HybridConfig(Frozen):
         "of `stream_size` demonstrations every step (CHORD's expert stream).")
     stream_size: int | None = Field(None, ge=1, description="Demonstrations per step from the "
                                     "expert stream (None = prompts_per_step x group_size / 4, CHORD's 20% share).")
-    weight: str | None = Field(None, description="SFT weight: a schedule lambda(t) (algos.hybrid.SFT_SCHEDULES: "
-                               "constant | linear | cosine | chord_mu) or per-row weights "
-                               "(algos.hybrid.SFT_ROW_WEIGHTS: srft, entropy-aware, per sequence).")
+    weight: str | None = Field(None, description="SFT weight: a schedule lambda(t) (algos.hybrid.SFT_SCHEDULES) or "
+                               "per-row weights (algos.hybrid.SFT_ROW_WEIGHTS: srft is entropy-aware, per "
+                               "sequence).")
     weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {value: 0.1} or {peak: 0.9, "
                                                  "valley: 0.05, warmup: 0, decay: 200}.")
     mix: Literal["sum", "convex"] | None = Field(None, description="sum: L_RL + lambda L_SFT; convex: "
                                                  "(1 - lambda) L_RL + lambda L_SFT (CHORD).")
-    token_weight: str | None = Field(None, description="SFT token weight (hybrid.TOKEN_WEIGHTS): none | phi (CHORD-phi).")
+    token_weight: str | None = Field(None, description="SFT token weight (algos.hybrid.TOKEN_WEIGHTS; phi is CHORD-phi).")
     entropy_coef: float | None = Field(None, ge=0, description="Entropy bonus inside the SFT term "
                                        "or buffer step (ReLIFT: 0.001).")
     buffer_trigger: int | None = Field(None, ge=1, description="ReLIFT: SFT step fires when this "
@@ -149,13 +150,13 @@ class HybridConfig(Frozen):
     offpolicy: int | None = Field(None, ge=0, le=1, description="Demonstrations placed inside each "
                                   "group, replacing one sample (LUFFY, SRFT: 1).")
     offpolicy_loss: str | None = Field(None, description="Loss of demonstration tokens "
-                                       "(hybrid.OFFPOLICY): shaped (p/(p+gamma)) | plain.")
+                                       "(algos.hybrid.OFFPOLICY; shaped is p/(p+gamma)).")
     offpolicy_kwargs: dict[str, Any] | None = Field(None, description="e.g. {gamma: 0.1}.")
     sft_slots: int | None = Field(None, ge=0, le=1, description="Group slots given to the demonstration of "
                                   "the SFT term: G - 1 samples per prompt, the group baseline over them only "
                                   "(LUFFY's 'RL w/ SFT loss': 7 samples + 1 demonstration); needs route=always.")
     self_weight: str | None = Field(None, description="Reweighting of the policy's own samples "
-                                    "(hybrid.SELF_WEIGHTS): none | srft.")
+                                    "(algos.hybrid.SELF_WEIGHTS).")
     self_weight_kwargs: dict[str, Any] | None = Field(None, description="e.g. {pos_scale: 0.1, neg: -1}.")
 
 

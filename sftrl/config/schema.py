@@ -68,15 +68,15 @@ class ModelConfig(Frozen):
 
 
 class TaskConfig(Frozen):
-    name: str = Field("arith", description="'arith', 'reasoning_gym:<dataset>', 'jsonl:<path>' "
-                      "(GSM8K or MATH format) or 'hf:<dataset id>[:<config>]'.")
+    name: str = Field("arith", description="Task source: the built-in generator, a reasoning-gym "
+                      "dataset, a JSONL file in GSM8K or MATH format, or a hub dataset (needs the hub).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Task-specific knobs, e.g. "
                                    "arith: {min_ops, max_ops, max_operand, operators}.")
     train_size: int | None = Field(20000, ge=1, description="Training problems (None = all the source has).")
     test_size: int | None = Field(300, ge=1, description="Held-out problems for evaluation.")
     seed: int = Field(1234, description="Seed of the data itself: fixed across run seeds so every "
                       "run sees the same train and test problems.")
-    template: str = Field("plain", description="Prompt template from sftrl.data.tasks.prompts.TEMPLATES.")
+    template: str = Field("plain", description="Prompt template (sftrl.data.tasks.prompts.TEMPLATES).")
     label: str | None = Field(None, description="Name used in metric keys; None = derived from name.")
 
     @field_validator("name")
@@ -180,6 +180,23 @@ class LogConfig(Frozen):
     samples_n: int = Field(16, ge=0, description="Rollout completions written each time (whole groups first).")
     progress: Literal["auto", "bar", "plain", "off"] = Field(
         "auto", description="Progress display: bar on a terminal, plain lines otherwise.")
+    report_to: list[str] = Field(
+        default_factory=list, description="Experiment trackers that also get every metrics and eval "
+        "line (same keys and steps), the resolved config and the final numbers: any of "
+        "sftrl.trackers.TRACKERS, each an optional extra (pip install 'sftrl[wandb]'). They write "
+        "under the run directory (W&B offline), so nothing needs a network.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, v):
+        from sftrl.trackers import check
+        check(v)                                     # unknown name or missing package: fail before training
+        return list(dict.fromkeys(v))
 
 
 class CheckpointConfig(Frozen):
@@ -212,9 +229,9 @@ class Config(Frozen):
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for exact reruns.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Training task (its test split is evaluated).")
-    method: str | None = Field(None, description="Named method (config.presets.METHODS: sft, grpo, "
-                               "sft_then_rl, alternate, joint, relift, superrl, hpt, luffy, srft, chord, "
-                               "...): fills phases from `schedule` and rl.algo.preset where unset.")
+    method: str | None = Field(None, description="Named method (config.presets.METHODS): fills phases "
+                               "from `schedule` and rl.algo.preset where they are unset; docs/ALGORITHMS.md "
+                               "says what each follows.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Budget and "
                                      "shape a `method` turns into phases.")
     phases: list[Phase] = Field(default_factory=lambda: [Phase(kind="sft", steps=600)],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from sftrl.experiment import plots
-from sftrl.experiment.doc import Doc
+from sftrl.experiment.doc import Doc, caption, metric_name
 
 POINTS = 100.0
 """Accuracy points per unit of an accuracy in [0, 1]."""
@@ -143,7 +143,11 @@ def headline_figure(doc: Doc, summaries: dict, metric: str) -> None:
     doc.figure("headline", plots.method_intervals(f"final {metric} per method", methods, [s["mean"] for s in sm],
                                                   [s["ci_low"] for s in sm], [s["ci_high"] for s in sm], metric,
                                                   points=[summaries[m][1] for m in methods]),
-               f"Mean final {metric} per method; bars are 95% bootstrap CIs over seeds, dots single seeds")
+               caption(f"Mean final {metric} per method ({metric_name(metric)}); bars are 95% bootstrap CIs, "
+                       f"dots single seeds",
+                       runs=sum(len(summaries[m][1]) for m in methods),
+                       seeds=sorted({x for m in methods for x in summaries[m][0]}),
+                       interval="95% percentile bootstrap CIs over seeds"))
 
 
 def write_opening(doc: Doc, **kw) -> None:

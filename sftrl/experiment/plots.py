@@ -1,4 +1,5 @@
-"""Report figures as PNG bytes: learning curves with bands, error bars, histograms, grouped bars.
+"""Report figures as PNG bytes: learning curves with bands, error bars, histograms, grouped bars,
+and rliable's interval estimates and probability-of-improvement intervals.
 
 Owns the drawing only: every function takes plain numbers already computed (means and interval
 bounds from stats.py) and returns a small PNG (DPI dots per inch). Figures are built on
@@ -14,6 +15,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 90
 SIZE = (6.4, 3.4)                       # inches: 576 x 306 pixels at DPI
@@ -37,7 +39,7 @@ def _axes(title: str, ylabel: str) -> tuple[Figure, object]:
 
 
 def _png(fig: Figure, ax, n_series: int) -> bytes:
-    if n_series > 1:
+    if ax is not None and n_series > 1:
         ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     buf = io.BytesIO()
@@ -45,15 +47,16 @@ def _png(fig: Figure, ax, n_series: int) -> bytes:
     return buf.getvalue()
 
 
-def curves(title: str, series: dict, ylabel: str) -> bytes:
-    """Lines against step with shaded bands: `series` is {label: (steps, mean, low, high)}."""
+def curves(title: str, series: dict, ylabel: str, xlabel: str = "step") -> bytes:
+    """Lines against step (or any x) with shaded bands: `series` is {label: (x, mean, low, high)};
+    a performance profile is drawn with it too (x = threshold tau)."""
     fig, ax = _axes(title, ylabel)
     for color, (label, (steps, mean, low, high)) in zip(_colors(len(series)), series.items()):
         steps, mean = np.asarray(steps, dtype=float), np.asarray(mean, dtype=float)
         ax.plot(steps, mean, color=color, label=label, linewidth=1.3, marker="o" if len(steps) <= 12 else None,
                 markersize=3)
         ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
-    ax.set_xlabel("step", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     return _png(fig, ax, len(series))
 
 
@@ -105,6 +108,50 @@ def grouped_bars(title: str, categories: list[str], series: dict, ylabel: str) -
                error_kw={"linewidth": 1})
     ax.set_xticks(x, categories)
     return _png(fig, ax, len(series))
+
+
+# -- rliable's figures -------------------------------------------------------------------------------
+def interval_estimates(methods: list[str], panels: dict, xlabel: str) -> bytes:
+    """rliable's interval-estimate figure: one panel per aggregate, a horizontal bar per method from
+    low to high with a tick at the point; `panels` is {aggregate: [(point, low, high) per method]}."""
+    fig = Figure(figsize=(SIZE[0], 0.9 + 0.32 * len(methods)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    colors = _colors(len(methods))
+    y = np.arange(len(methods), dtype=float)
+    for j, (name, rows) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), j + 1)
+        for i, (point, low, high) in enumerate(rows):
+            ax.barh(y[i], high - low, left=low, height=0.6, color=colors[i], alpha=0.75)
+            ax.vlines(point, y[i] - 0.3, y[i] + 0.3, color="k", linewidth=1.4)
+        ax.set_yticks(y, methods if j == 0 else [""] * len(methods))
+        ax.invert_yaxis()
+        ax.set_title(name, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3, linewidth=0.6)
+        ax.set_xlabel(xlabel, fontsize=7)
+    return _png(fig, None, 1)
+
+
+def improvement_intervals(pairs: list[str], rows, title: str) -> bytes:
+    """rliable's probability-of-improvement figure: P(X > Y) per pair as a bar from low to high with
+    a tick at the point, against the 0.5 line of no difference; `rows` is [(point, low, high)]."""
+    fig = Figure(figsize=(SIZE[0], 0.9 + 0.32 * len(pairs)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(pairs), dtype=float)
+    for i, (color, (point, low, high)) in enumerate(zip(_colors(len(pairs)), rows)):
+        ax.barh(y[i], high - low, left=low, height=0.6, color=color, alpha=0.75)
+        ax.vlines(point, y[i] - 0.3, y[i] + 0.3, color="k", linewidth=1.4)
+    ax.axvline(0.5, color="0.3", linestyle="--", linewidth=0.9)
+    ax.set_xlim(0, 1)
+    ax.set_yticks(y, pairs)
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="x", alpha=0.3, linewidth=0.6)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("P(X > Y)", fontsize=8)
+    return _png(fig, None, 1)
 
 
 def method_intervals(title: str, labels: list[str], means, lows, highs, xlabel: str, points=None) -> bytes:

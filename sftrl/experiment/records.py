@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sftrl import runlog, yamlio
+from sftrl.experiment.doc import setting
 
 
 @dataclass
@@ -146,7 +147,8 @@ def config_at(tree: dict, key: str):
 
 
 def grid_label(method: str, params: dict) -> str:
-    return method + " [" + ", ".join(f"{k.rsplit('.', 1)[-1]}={json.dumps(v)}" for k, v in params.items()) + "]"
+    """'grpo [β = 0.04, T = 0.7]': a grid point's method label (read by people; unique per point)."""
+    return method + " [" + ", ".join(setting(k, v) for k, v in params.items()) + "]"
 
 
 def flatten(tree, prefix: str = "") -> dict:

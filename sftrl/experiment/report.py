@@ -48,7 +48,9 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}figure{margin:1em 0}img
 figcaption{font-size:.8em;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 nav a{margin-right:1em}"""
 CHECK = """<script>
-window.__errors=0;window.addEventListener('error',function(){window.__errors++;});
+window.__errors=0;window.addEventListener('error',function(){window.__errors++;},true);
+window.addEventListener('unhandledrejection',function(){window.__errors++;});
+(function(){var e=console.error;console.error=function(){window.__errors++;return e.apply(console,arguments);};})();
 window.addEventListener('load',function(){var im=Array.prototype.slice.call(document.images);
 var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
 document.body.setAttribute('data-images',ok+'/'+im.length);

@@ -1,10 +1,11 @@
 """The report's statistical sections: per-method summary, paired comparisons with a baseline, and
 sensitivity to every swept hyperparameter.
 
-Owns: `summary` (with each method's compute from `compute`, and a slot for the opening paragraph
-`answer` writes), `comparisons` (with each comparison's power from `power`), `sensitivity_section`,
+Owns: `summary` (with each method's compute from `compute`, a slot for the opening paragraph
+`answer` writes, and rliable's interval-estimate figure), `comparisons` (with each comparison's
+power from `power`, and the probability-of-improvement figure), `sensitivity_section`,
 `headline_metric` and `REPS`. Every statistic is drawn from the one generator `write_report`
-passes in.
+passes in; every figure's caption states its runs, seeds and interval.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from sftrl.experiment import answer, compute, plots, power, stats
-from sftrl.experiment.doc import Doc, fmt, fmt_p, label
+from sftrl.experiment.doc import Doc, caption, fmt, fmt_p, key_name, label, metric_name
 from sftrl.experiment.records import Experiment, config_at, final_values
 from sftrl.experiment.sensitivity import sensitivity
 
 REPS = 2000
 """Bootstrap resamples behind every interval of the report."""
+CI = f"95% percentile bootstrap CIs over seeds ({REPS} resamples)"
+"""How the report's intervals are made, as its captions say it."""
 
 
 def headline_metric(exp: Experiment, metric: str | None) -> str:
@@ -54,6 +57,15 @@ def summary(doc: Doc, exp: Experiment, metric: str, rng, question: str | None, b
     doc.table(["method", "n", f"mean {metric}", "95% CI", "IQM", "std", "per-seed values", *compute.HEADER], rows)
     doc.text(compute.budget_sentence(exp, baseline) + " Compute columns are means over seeds of per-run totals "
              "(training steps only; \"–\" where the runs did not log them).")
+    if summaries:
+        est = stats.interval_estimates({m: v for m, (_, v, _) in summaries.items()}, rng.spawn(1)[0], reps=REPS)
+        names = list(next(iter(est.values())))
+        seeds = sorted({s for sd, _, _ in summaries.values() for s in sd})
+        doc.figure("interval_estimates", plots.interval_estimates(
+            list(est), {a: [est[m][a] for m in est] for a in names}, metric_name(metric)),
+            caption(f"Final {metric_name(metric)} per method: median, IQM (25% trimmed mean) and mean over "
+                    f"seeds; the bar is the interval, the tick the estimate",
+                    runs=sum(len(v) for _, v, _ in summaries.values()), seeds=seeds, interval=CI))
     other = sorted({k for r in exp.done for k in r.final if k.startswith("eval/") and k != metric
                     and (k.endswith("/acc_strict") or "@" in k.rsplit("/", 1)[-1])})
     if other:
@@ -115,12 +127,31 @@ def comparisons(doc: Doc, exp: Experiment, metric: str, baseline: str, summaries
     doc.table(["method", "paired seeds", "mean diff", "95% CI", "P(improvement)", "Welch p", "Mann-Whitney p",
                "paired t p", "Holm-adjusted paired t p", *answer.POWER_HEADER], rows)
     doc.text(answer.power_line(compared, metric, power_target))
+    _improvement_figure(doc, baseline, summaries, metric, rng)
     survive = [m for (m, _, _), p in zip(tested, adj) if np.isfinite(p) and p < 0.05]
     doc.text(f"Multiple comparisons: {len(tested)} methods were compared with {baseline}; Holm-Bonferroni keeps "
              f"the family-wise error at 5%. Differences that survive: {', '.join(survive) if survive else 'none'}. "
              f"With few seeds, absence of significance is not evidence of no effect: read the CIs.")
     doc.end()
     return compared
+
+
+def _improvement_figure(doc: Doc, baseline: str, summaries: dict, metric: str, rng) -> None:
+    """P(method > baseline) per method with rliable's unpaired bootstrap interval."""
+    others = [m for m in summaries if m != baseline]
+    if not others:
+        return
+    b_seeds, b_vals, _ = summaries[baseline]
+    g = rng.spawn(1)[0]                       # a stream of its own: the other sections' draws stay as they were
+    rows = [stats.probability_of_improvement_ci(summaries[m][1], b_vals, g, reps=REPS) for m in others]
+    seeds = sorted({s for sd, _, _ in summaries.values() for s in sd})
+    doc.figure("improvement", plots.improvement_intervals([f"{m} > {baseline}" for m in others], rows,
+                                                          f"probability of improvement over {baseline}"),
+               caption(f"P(a run of the method beats a run of {baseline}) on final {metric_name(metric)}, "
+                       f"ties half; 0.5 (dashed) is no difference",
+                       runs=sum(len(v) for _, v, _ in summaries.values()), seeds=seeds,
+                       interval=f"95% percentile bootstrap CIs, each method's seeds resampled independently "
+                                f"({REPS} resamples)"))
 
 
 def sensitivity_section(doc: Doc, exp: Experiment, metric: str, rng) -> None:
@@ -134,26 +165,30 @@ def sensitivity_section(doc: Doc, exp: Experiment, metric: str, rng) -> None:
     for i, (method, key, values, seeds) in enumerate(blocks):
         groups: dict[str, list] = {}
         base_runs = [r for r in exp.method_runs(method) if r.seed in seeds]
+        used = []
         if base_runs and not exp.grid:
             base_value = config_at(base_runs[0].config, key)
-            groups[label(base_value) + " (base)"] = final_values(base_runs, metric)[1]
+            groups[label(base_value, key) + " (base)"] = final_values(base_runs, metric)[1]
+            used += base_runs
         for v in values:
             runs = [r for r in exp.done if r.base_method == method and key in r.params and r.params[key] == v]
             if runs:
-                groups.setdefault(label(v), final_values(runs, metric)[1])
+                groups.setdefault(label(v, key), final_values(runs, metric)[1])
+                used += runs
         groups = {k: np.asarray(v) for k, v in groups.items() if len(v)}
         if len(groups) < 2:
             doc.text(f"{method} / {key}: fewer than two values have finished runs.")
             continue
         res = sensitivity(groups, rng, reps=REPS)
-        doc.text(f"{method}: {key} — {res['reading']}")
+        doc.text(f"{method}: {key_name(key)} — {res['reading']}")
         doc.table(["value", "n", f"mean {metric}", "95% CI", "std"],
                   [[r["value"], r["n"], fmt(r["mean"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", fmt(r["std"])]
                    for r in res["rows"]])
         rows = res["rows"]
         doc.figure(f"sensitivity_{i}", plots.errorbars(
-            f"{method}: {key}", [str(r["value"]) for r in rows], [r["mean"] for r in rows],
-            [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], metric,
+            f"{method}: {key_name(key)}", [str(r["value"]) for r in rows], [r["mean"] for r in rows],
+            [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], metric_name(metric),
             points=[groups[r["value"]] if r["value"] in groups else [] for r in rows]),
-            f"{metric} against {key} ({method}); bars are 95% CIs over seeds, dots single seeds")
+            caption(f"Final {metric_name(metric)} of {method} against {key_name(key)}; dots are single seeds",
+                    runs=len({r.run_id for r in used}), seeds=sorted({r.seed for r in used}), interval=CI))
     doc.end()

@@ -14,14 +14,17 @@ import warnings
 import numpy as np
 
 from sftrl.experiment import plots, stats
-from sftrl.experiment.doc import Doc, label
+from sftrl.experiment.doc import Doc, caption, label, metric_name, metric_title
 from sftrl.experiment.records import Experiment, Run, final_values, flatten
-from sftrl.experiment.report_results import REPS
+from sftrl.experiment.report_results import CI, REPS
+
+BAND = "95% percentile bootstrap band over seeds (500 resamples)"
+POOLED = "runs pooled, no interval"
 
 CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
           "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
           "sft/routed_frac")
-IGNORE = ("seed", "threads", "log.progress", "name")
+IGNORE = ("seed", "threads", "log.progress", "log.report_to", "name")
 
 
 def _band(runs: list[Run], key: str, rng, points: int = 200):
@@ -53,13 +56,16 @@ def curves(doc: Doc, exp: Experiment, metric: str, rng) -> None:
     for k in CURVES:
         keys += sorted(x for x in present if x.startswith(k)) if k.endswith("/") else ([k] if k in present else [])
     for i, key in enumerate(keys):
-        series = {}
+        series, used = {}, []
         for m in exp.methods:
             band = _band(exp.method_runs(m), key, rng)
             if band is not None:
                 series[m] = band
+                used += [r for r in exp.method_runs(m) if key in r.metrics]
         if series:
-            doc.figure(f"curve_{i}", plots.curves(key, series, key), f"{key} per step, by method")
+            doc.figure(f"curve_{i}", plots.curves(metric_title(key), series, metric_name(key)),
+                       caption(f"{metric_title(key)} per step, mean over seeds by method", runs=len(used),
+                               seeds=_seeds(used), interval=BAND))
     evals = {}
     for m in exp.methods:
         runs = exp.method_runs(m)
@@ -72,14 +78,43 @@ def curves(doc: Doc, exp: Experiment, metric: str, rng) -> None:
             if band is not None:
                 evals[m] = band
     if evals:
-        doc.figure("curve_eval", plots.curves(f"{metric} at evaluations", evals, metric), f"{metric} during training")
+        used = [r for m in evals for r in exp.method_runs(m)]
+        doc.figure("curve_eval", plots.curves(f"{metric_name(metric)} at evaluations", evals, metric_name(metric)),
+                   caption(f"{metric_title(metric)} at the evaluations during training, mean over seeds",
+                           runs=len(used), seeds=_seeds(used), interval=BAND))
     if not keys and not evals:
         doc.text("No per-step metrics were logged.")
     doc.end()
 
 
+def _seeds(runs) -> list:
+    return sorted({r.seed for r in runs})
+
+
+def profile(doc: Doc, exp: Experiment, metric: str, rng) -> None:
+    """rliable's performance profile of the headline metric: the share of each method's runs whose
+    final value exceeds tau, over tau from the lowest to the highest value seen."""
+    finals = {m: final_values(exp.method_runs(m), metric)[1] for m in exp.methods}
+    finals = {m: v for m, v in finals.items() if len(v)}
+    if not finals:
+        return
+    pooled = np.concatenate(list(finals.values()))
+    lo, hi = float(pooled.min()), float(pooled.max())
+    pad = max((hi - lo) * 0.05, 1e-3)
+    taus = np.linspace(lo - pad, hi + pad, 101)
+    g = rng.spawn(1)[0]                       # a stream of its own: the other sections' draws stay as they were
+    series = {m: (taus, *stats.performance_profile(v, taus, g, reps=REPS)) for m, v in finals.items()}
+    used = [r for m in finals for r in exp.method_runs(m) if r.status == "done"]
+    doc.figure("profile", plots.curves(f"performance profile: {metric_name(metric)}", series,
+                                       "fraction of runs > τ", xlabel=f"τ ({metric_name(metric)})"),
+               caption(f"Performance profile: the fraction of each method's runs whose final {metric_name(metric)} "
+                       f"is above τ (higher and further right is better)", runs=len(used), seeds=_seeds(used),
+                       interval=CI.replace("CIs", "bands")))
+
+
 def distributions(doc: Doc, exp: Experiment, metric: str, rng) -> None:
     doc.section("distributions", "Distributions: response lengths, answers per problem, pass@k")
+    profile(doc, exp, metric, rng)
     early, late, distinct, share = {}, {}, {}, {}
     for m in exp.methods:
         rollouts = [x for r in exp.method_runs(m) for x in r.samples("rollout")]
@@ -98,19 +133,24 @@ def distributions(doc: Doc, exp: Experiment, metric: str, rng) -> None:
                 share[m] = [max(map(list(map(str, a)).count, set(map(str, a)))) / len(a) for a in answers]
             elif final and "greedy_len" in final[0] and m not in late:
                 late[m] = [x["greedy_len"] for x in final]
+    runs_of = lambda names: [r for m in names for r in exp.method_runs(m)]   # noqa: E731
     if early:
         doc.figure("len_early", plots.histograms("response length, first logged RL step", early, "tokens"),
-                   "Response lengths of rollouts at the first logged RL step (pooled over seeds)")
+                   caption("Response lengths of rollouts at the first logged RL step, by method",
+                           runs=len(runs_of(early)), seeds=_seeds(runs_of(early)), interval=POOLED))
     if late:
         doc.figure("len_late", plots.histograms("response length, last logged step", late, "tokens"),
-                   "Response lengths at the last logged step (pooled over seeds)")
+                   caption("Response lengths at the last logged step, by method", runs=len(runs_of(late)),
+                           seeds=_seeds(runs_of(late)), interval=POOLED))
     if distinct:
         doc.figure("answers_distinct", plots.histograms("distinct answers per problem (final eval samples)", distinct,
                                                         "distinct answers", bins=np.arange(0.5, 17.5)),
-                   "Number of distinct answers among the k samples of each test problem")
+                   caption("Number of distinct answers among the k samples of each test problem",
+                           runs=len(runs_of(distinct)), seeds=_seeds(runs_of(distinct)), interval=POOLED))
         doc.figure("answers_share", plots.histograms("majority share per problem", share, "share of the most "
                                                      "frequent answer", bins=10),
-                   "Share of the most frequent answer among the k samples of each test problem")
+                   caption("Share of the most frequent answer among the k samples of each test problem",
+                           runs=len(runs_of(share)), seeds=_seeds(runs_of(share)), interval=POOLED))
     task = metric.rsplit("/", 1)[0]
     kinds = sorted({k.rsplit("/", 1)[1] for r in exp.done for k in r.final
                     if k.startswith(task + "/") and (k.endswith(("/acc_strict", "/pass@1_sampled")) or "@" in k)})
@@ -127,7 +167,8 @@ def distributions(doc: Doc, exp: Experiment, metric: str, rng) -> None:
         if series:
             doc.figure("pass_at_k", plots.grouped_bars(f"{task}: greedy, sampled pass@1, maj@k, pass@k", kinds,
                                                        series, "fraction of problems"),
-                       "Greedy accuracy, sampled pass@1, maj@k and pass@k per method (95% CIs over seeds)")
+                       caption("Greedy accuracy, sampled pass@1, maj@k and pass@k per method, means over seeds",
+                               runs=len(runs_of(series)), seeds=_seeds(runs_of(series)), interval=CI))
     if not (early or late or distinct or kinds):
         doc.text("No samples were logged.")
     doc.end()
@@ -141,11 +182,11 @@ def hyperparameters(doc: Doc, exp: Experiment) -> None:
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat.values()}) > 1]
     if differ:
         doc.text("What differs between methods (each method's resolved config):")
-        doc.table(["key", *flat], [[k, *(label(f.get(k)) for f in flat.values())] for k in differ])
+        doc.table(["key", *flat], [[k, *(label(f.get(k), k) for f in flat.values())] for k in differ])
     same = [k for k in keys if k not in differ]
     doc.text("Everything else, shared by every method:")
     first = next(iter(flat.values()), {})
-    doc.table(["key", "value"], [[k, label(first.get(k))] for k in same])
+    doc.table(["key", "value"], [[k, label(first.get(k), k)] for k in same])
     if exp.study and exp.study.get("warm"):
         doc.text("Warm start every method continues from: the base config with "
                  + " ".join(exp.study["warm"].get("overrides", [])) +

@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from sftrl.runlog import shareable
+
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 """Special tokens of the character tokenizer, with ids 0, 1, 2."""
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n", "\t")
@@ -250,7 +252,7 @@ def save_policy(model, tokenizer, directory: str | Path) -> None:
     """save_pretrained of model and tokenizer into a temporary folder, then rename into place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = shareable(Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent)))   # not 0700
     try:
         if is_lora(model):      # the adapters beside, and the merged model as the loadable policy
             model.save_pretrained(tmp / "adapter", safe_serialization=True)

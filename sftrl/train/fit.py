@@ -19,6 +19,7 @@ import torch
 from sftrl.config import Config, to_yaml
 from sftrl.data import verify
 from sftrl.lm.models import quiet_libraries, save_policy
+from sftrl import trackers
 from sftrl.parallel import dist, sharding
 from sftrl.runlog import CONFIG, EVAL, LOGS, METRICS, MODEL, SAMPLES, QuietRunDir, RunDir, truncate_jsonl
 from sftrl.train import checkpoints
@@ -140,6 +141,9 @@ def fit(cfg: Config, out_dir, argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     run, s = _open(cfg, out_dir, argv)
+    if run.writes and cfg.log.report_to:                  # every metrics/eval line and final.json go to them too
+        run.track(trackers.open_all(cfg.log.report_to, run.path, project=cfg.name, name=run.path.name,
+                                    config=cfg.model_dump(mode="json")))
     st, steps = s.state, {"sft": run_sft_step, "rl": run_rl_step}
     progress = Progress(cfg.total_steps, mode=cfg.log.progress if run.writes else "off", label=cfg.name)
     t_start = time.perf_counter()
