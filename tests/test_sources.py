@@ -162,3 +162,13 @@ def test_adaptive_beta_tracks_a_target_over_steps():
         ctl = ctl.update(1.0, 10)
     assert ctl.coef == pytest.approx(0.01 * (1 + 0.2 * 10 / 100) ** 5)
     assert math.isfinite(ctl.coef) and np.isclose(AdaptiveKL(coef=0.01, target=0.05, horizon=100).update(0.05, 10).coef, 0.01)
+
+
+def test_kl_controllers_round_trip_through_checkpoint_state():
+    from sftrl.algos.kl_control import FixedKL, kl_controller_from_state, kl_controller_state, make_kl_controller
+    from sftrl.config import build_config
+    adaptive = make_kl_controller(build_config({}, ["rl.algo.kl.target=0.05", "rl.algo.kl.horizon=500"]).rl.algo.kl)
+    assert adaptive == AdaptiveKL(coef=0.04, target=0.05, horizon=500)         # grpo's beta, adapted
+    moved = adaptive.update(0.2, 64)
+    assert kl_controller_from_state(kl_controller_state(moved)) == moved
+    assert make_kl_controller(build_config({}, []).rl.algo.kl) == FixedKL(coef=0.04)
