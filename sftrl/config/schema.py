@@ -158,6 +158,9 @@ class EvalConfig(Frozen):
     n: int | None = Field(None, description="Test problems used (None = all of task.test_size).")
     greedy: bool = Field(True, description="Report greedy pass@1 (strict and flexible extraction).")
     k: int = Field(0, ge=0, description="Samples per problem for pass@k / maj@k (0 = skip sampling).")
+    k_n: int | None = Field(None, ge=1, description="Test problems given k samples each: the first k_n of "
+                            "the evaluated ones (None = all). Sampling costs k greedy passes, so a large "
+                            "greedy set can keep pass@k on a subset.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for pass@k / maj@k.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus threshold for pass@k / maj@k.")
     max_new_tokens: int = Field(64, ge=1, description="Generation cap at evaluation.")

@@ -41,11 +41,22 @@ ARITH = {"min_ops": 2, "max_ops": 3, "max_operand": 20, "operators": "+-*"}
 OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20, "operators": "+-*"},
        "label": "arith_4ops", "test_size": 100}
 
-# The default study: tiny Llama (hidden 64, 2 layers) on 2-3 operation arithmetic, sized for about
-# 15 minutes on 2 CPU cores. A 700-step SFT warm start reaches ~11% (the regime where the model
-# still fails most problems, which is where the hybrids claim to help); every method then spends
-# 48 steps from it (an SFT step is one batch of 64 demonstrations; an RL step is one rollout of
-# 8 x 8 and two optimiser steps on it, so the clip range epsilon matters).
+# The default study: tiny Llama (hidden 64, 2 layers, 0.1M parameters) on 2-3 operation arithmetic,
+# sized for about 18 minutes on 2 CPU cores. Design (pilots in docs/LOG.md, 2026-12-02):
+# - warm start: 1000 SFT steps (batch 64, cosine 3e-3 -> 3e-4) to ~30% greedy accuracy, pass@8
+#   ~52%: about half of the GRPO groups have mixed outcomes, so plain RL has something to sharpen
+#   (from the earlier ~11% warm start three quarters of the groups all failed and GRPO's reward was
+#   flat), and about half still fail entirely, which is what the routed hybrids act on;
+# - 40 steps per method; an RL step is one rollout of 32 prompts x 8 samples and two optimiser
+#   steps on it (so the clip range matters); an SFT step is 256 demonstrations, the same number of
+#   trained sequences as an RL step, at the warm start's final learning rate. Larger rollouts cost
+#   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and they
+#   are what makes GRPO's own reward rise within the budget;
+# - 10 seeds and 2,000 test problems, so that a paired comparison's minimum detectable effect is
+#   about 2 points (the seed-to-seed spread of paired differences was 0.7-1.7 points in pilots);
+#   pass@4 on the first 500 of them;
+# - no sensitivity blocks (at 3-5 seeds per value they detect nothing at this size; `--full` runs
+#   them with 5 seeds); SuperRL, HPT, SRFT, CHORD and adaptive entropy are in `--full` as well.
 DEFAULT = {
     "name": "study",
     "question": "Does combining SFT and RL (sequential, alternating, joint loss, routed, off-policy "
@@ -54,16 +65,16 @@ DEFAULT = {
     "base": {
         "name": "study",
         "model": {"name": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
-        "task": {"name": "arith", "kwargs": ARITH, "test_size": 300},
-        "schedule": {"steps": 48, "sft_frac": 0.5, "rl_steps": 2, "sft_steps": 1},
-        "sft": {"batch_size": 64, "optim": {"lr": 2.0e-3, "warmup_steps": 0, "schedule": "constant"}},
-        "rl": {"rollout": {"group_size": 8, "prompts_per_step": 8, "max_new_tokens": 56, "temperature": 1.0},
+        "task": {"name": "arith", "kwargs": ARITH, "test_size": 2000},
+        "schedule": {"steps": 40, "sft_frac": 0.5, "rl_steps": 2, "sft_steps": 1},
+        "sft": {"batch_size": 256, "optim": {"lr": 3.0e-4, "warmup_steps": 0, "schedule": "constant"}},
+        "rl": {"rollout": {"group_size": 8, "prompts_per_step": 32, "max_new_tokens": 56, "temperature": 1.0},
                "algo": {"mini_batches": 2}, "optim": {"lr": 1.0e-4}},
-        "eval": {"every": 0, "k": 4, "max_new_tokens": 56, "extra_tasks": [OOD]},
+        "eval": {"every": 0, "k": 4, "k_n": 500, "max_new_tokens": 56, "extra_tasks": [OOD]},
         "log": {"samples_every": 10, "samples_n": 16},
     },
-    "warm": {"overrides": ["phases=[{kind: sft, steps: 700}]", "eval.k=0", "eval.extra_tasks=[]",
-                           "sft.optim={lr: 2.0e-3, warmup_steps: 30, schedule: constant}"],
+    "warm": {"overrides": ["phases=[{kind: sft, steps: 1000}]", "eval.k=8", "eval.extra_tasks=[]", "sft.batch_size=64",
+                           "sft.optim={lr: 3.0e-3, warmup_steps: 30, schedule: cosine, min_lr_ratio: 0.1}"],
              "per_seed": False, "threads": 2},
     "metric": "eval/arith/acc_strict",
     "baseline": "sft",
@@ -75,20 +86,23 @@ DEFAULT = {
         "alternate": ["method=alternate"],
         "joint": ["method=joint"],
         "relift": ["method=relift"],
-        "superrl": ["method=superrl"],
         "luffy": ["method=luffy"],
     },
-    "seeds": 5,
-    "sensitivity": [
-        {"method": "grpo", "seeds": 3, "params": {
-            "rl.algo.surrogate_kwargs": [{"eps_low": 0.1, "eps_high": 0.1}, {"eps_low": 0.3, "eps_high": 0.3}],
-            "rl.algo.kl.coef": [0.0, 0.1],
-            "rl.algo.entropy.kwargs": [{"coef": 0.003}, {"coef": 0.03}]}},
-        {"method": "joint", "seeds": 3, "params": {"rl.hybrid.weight_kwargs": [{"value": 0.1}, {"value": 0.3}]}},
-    ],
+    "seeds": 10,
+    "sensitivity": [],
     "threads_per_run": 1,
     "power_target": POWER_TARGET,     # the report calls a comparison underpowered above this MDE (points)
 }
+
+SENSITIVITY = [
+    {"method": "grpo", "seeds": 5, "params": {
+        "rl.algo.surrogate_kwargs": [{"eps_low": 0.1, "eps_high": 0.1}, {"eps_low": 0.3, "eps_high": 0.3}],
+        "rl.algo.kl.coef": [0.0, 0.1],
+        "rl.algo.entropy.kwargs": [{"coef": 0.003}, {"coef": 0.03}]}},
+    {"method": "joint", "seeds": 5, "params": {"rl.hybrid.weight_kwargs": [{"value": 0.1}, {"value": 0.3}]}},
+]
+"""The one-at-a-time sensitivity blocks of `--full`: clip range, KL coefficient and entropy bonus
+for GRPO, the SFT weight for the joint loss."""
 
 
 def _quick() -> dict:
@@ -103,7 +117,8 @@ def _quick() -> dict:
     b["rl"]["rollout"].update(group_size=4, prompts_per_step=4, max_new_tokens=24)
     b["eval"].update(k=2, max_new_tokens=24, extra_tasks=[{**OOD, "test_size": 8}])
     b["log"]["samples_every"] = 2
-    s["warm"]["overrides"][0] = "phases=[{kind: sft, steps: 20}]"
+    s["warm"]["overrides"] = ["phases=[{kind: sft, steps: 20}]" if o.startswith("phases=") else
+                              "sft.batch_size=16" if o.startswith("sft.batch_size=") else o for o in s["warm"]["overrides"]]
     s["warm"]["threads"] = 1
     s["methods"] = {k: s["methods"][k] for k in ("sft", "grpo", "grpo_entropy", "joint", "luffy")}
     s["seeds"] = 2
@@ -113,8 +128,9 @@ def _quick() -> dict:
 
 
 def _full() -> dict:
-    """The larger version (within about 2 hours on 2 cores): one warm start per seed, 10 seeds,
-    a 200-step budget, every hybrid, and harder out-of-distribution levels."""
+    """The larger version (about 3 hours on 2 cores, from the default's per-step times): one warm
+    start per seed, 10 seeds, a 200-step budget, every hybrid, the sensitivity blocks with 5 seeds
+    per value, and harder out-of-distribution levels."""
     s = copy.deepcopy(DEFAULT)
     s["name"] = "study-full"
     b = s["base"]
@@ -123,12 +139,10 @@ def _full() -> dict:
                                       "kwargs": {"min_ops": 2, "max_ops": 3, "max_operand": 50, "operators": "+-*"}}]
     s["warm"]["per_seed"] = True
     s["warm"]["threads"] = 1
-    s["methods"].update({"hpt": ["method=hpt"], "srft": ["method=srft"], "chord": ["method=chord"],
+    s["methods"].update({"superrl": ["method=superrl"], "hpt": ["method=hpt"], "srft": ["method=srft"], "chord": ["method=chord"],
                          "grpo_adaptive_entropy": ["method=grpo", "rl.algo.entropy={mode: adaptive, kwargs: "
                                                    "{target: 0.3, delta: 0.0001, max_coef: 0.005}}"]})
-    s["seeds"] = 10
-    for block in s["sensitivity"]:
-        block["seeds"] = 5
+    s["sensitivity"] = copy.deepcopy(SENSITIVITY)
     return s
 
 

@@ -57,10 +57,10 @@ def evaluate(model, tokenizer, problems, prompts: list[str], *, key: str, ecfg,
         for r, t, a, c, n in zip(records, texts, strict, correct_s, lengths):
             r.update(greedy=t, greedy_answer=a, greedy_correct=c, greedy_len=n)
     if ecfg.k > 0:
-        k = ecfg.k
-        texts, lengths = _generate(model, tokenizer, prompts, n=k, greedy=False, ecfg=ecfg, gen=gen)
+        k, P = ecfg.k, min(len(problems), ecfg.k_n or len(problems))
+        texts, lengths = _generate(model, tokenizer, prompts[:P], n=k, greedy=False, ecfg=ecfg, gen=gen)
         pass_k = maj_k = hits = distinct = share = 0.0
-        for i, (r, p) in enumerate(zip(records, problems)):
+        for i, (r, p) in enumerate(zip(records[:P], problems[:P])):
             answers = [verify.extract(t, "strict") for t in texts[i * k:(i + 1) * k]]
             ok = [verify.is_equiv(a, p.answer) for a in answers]
             maj = majority(answers)
@@ -71,7 +71,7 @@ def evaluate(model, tokenizer, problems, prompts: list[str], *, key: str, ecfg,
             distinct += len(counts)
             share += max(counts.values()) / k
             r.update(sampled_answers=answers, sampled_correct=ok, sampled_len=lengths[i * k:(i + 1) * k])
-        P = len(problems)
+        m[f"eval/{key}/k_n"] = float(P)
         m[f"eval/{key}/pass@{k}"] = pass_k / P
         m[f"eval/{key}/maj@{k}"] = maj_k / P
         m[f"eval/{key}/pass@1_sampled"] = hits / (P * k)
