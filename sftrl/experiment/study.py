@@ -52,7 +52,7 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
 #   trained sequences as an RL step, at the warm start's final learning rate. Larger rollouts cost
 #   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and they
 #   are what makes GRPO's own reward rise within the budget;
-# - 10 seeds and 2,000 test problems, so that a paired comparison's minimum detectable effect is
+# - 10 seeds and 2,500 test problems (binomial SE of one run about 1 point), so that a paired comparison's minimum detectable effect is
 #   about 2 points (the seed-to-seed spread of paired differences was 0.7-1.7 points in pilots);
 #   pass@4 on the first 500 of them;
 # - no sensitivity blocks (at 3-5 seeds per value they detect nothing at this size; `--full` runs
@@ -65,7 +65,7 @@ DEFAULT = {
     "base": {
         "name": "study",
         "model": {"name": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
-        "task": {"name": "arith", "kwargs": ARITH, "test_size": 2000},
+        "task": {"name": "arith", "kwargs": ARITH, "test_size": 2500},
         "schedule": {"steps": 40, "sft_frac": 0.5, "rl_steps": 2, "sft_steps": 1},
         "sft": {"batch_size": 256, "optim": {"lr": 3.0e-4, "warmup_steps": 0, "schedule": "constant"}},
         "rl": {"rollout": {"group_size": 8, "prompts_per_step": 32, "max_new_tokens": 56, "temperature": 1.0},
