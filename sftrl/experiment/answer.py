@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from sftrl.experiment import plots
-from sftrl.experiment.doc import Doc, caption, metric_name
+from sftrl.experiment.doc import Doc, caption, metric_name, metric_title
 
 POINTS = 100.0
 """Accuracy points per unit of an accuracy in [0, 1]."""
@@ -140,8 +140,9 @@ def headline_figure(doc: Doc, summaries: dict, metric: str) -> None:
         return
     methods = list(summaries)
     sm = [summaries[m][2] for m in methods]
-    doc.figure("headline", plots.method_intervals(f"final {metric} per method", methods, [s["mean"] for s in sm],
-                                                  [s["ci_low"] for s in sm], [s["ci_high"] for s in sm], metric,
+    doc.figure("headline", plots.method_intervals(f"final {metric_name(metric)} per method", methods,
+                                                  [s["mean"] for s in sm], [s["ci_low"] for s in sm],
+                                                  [s["ci_high"] for s in sm], metric_title(metric),
                                                   points=[summaries[m][1] for m in methods]),
                caption(f"Mean final {metric} per method ({metric_name(metric)}); bars are 95% bootstrap CIs, "
                        f"dots single seeds",

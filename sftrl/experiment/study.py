@@ -52,9 +52,9 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
 #   trained sequences as an RL step, at the warm start's final learning rate. Larger rollouts cost
 #   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and they
 #   are what makes GRPO's own reward rise within the budget;
-# - 10 seeds and 2,500 test problems (binomial SE of one run about 1 point), so that a paired comparison's minimum detectable effect is
-#   about 2 points (the seed-to-seed spread of paired differences was 0.7-1.7 points in pilots);
-#   pass@4 on the first 500 of them;
+# - 10 seeds and 2,500 test problems (binomial SE of one run's accuracy about 1 point), so that a
+#   paired comparison's minimum detectable effect is about 2 points (the seed-to-seed spread of
+#   paired differences was 0.7-1.7 points in pilots); pass@4 on the first 500 of them;
 # - no sensitivity blocks (at 3-5 seeds per value they detect nothing at this size; `--full` runs
 #   them with 5 seeds); SuperRL, HPT, SRFT, CHORD and adaptive entropy are in `--full` as well.
 DEFAULT = {
