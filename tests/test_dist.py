@@ -69,6 +69,7 @@ def _sft_update(rank: int, world: int, init: str, out: str) -> None:
         tdist.all_gather_object(got, {"weights": weights, "adv": adv, "rows": rows})
         if rank == 0:
             torch.save({**state, "parts": got}, out)
+        tdist.barrier()       # no rank tears gloo down while its peer is still in a collective
         tdist.destroy_process_group()
 
 

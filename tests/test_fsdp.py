@@ -168,6 +168,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
     if rank == 0:
         torch.save(results, out)
     if world > 1:
+        tdist.barrier()       # no rank tears gloo down while its peer is still in a collective
         tdist.destroy_process_group()
 
 
