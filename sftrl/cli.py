@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sftrl study [NAME|FILE] [--quick|--full] [--out DIR]")
     st.add_argument("study", nargs="?", default="default", help="default (built in), quick, full, or a "
                     "study YAML file such as configs/studies/real-smollm2.yaml")
-    st.add_argument("--quick", action="store_true", help="smoke version (about 2 minutes)")
-    st.add_argument("--full", action="store_true", help="larger version: 10 seeds, per-seed warm starts, sensitivity blocks (about 3 hours)")
+    st.add_argument("--quick", action="store_true", help="smoke version (under a minute)")
+    st.add_argument("--full", action="store_true", help="larger version: 10 seeds, per-seed warm starts, "
+                    "sensitivity blocks (about 3 hours)")
     st.add_argument("--smoke", action="store_true", help="shrink the chosen study to a few steps, 2 seeds "
                     "and a handful of problems: checks that it runs end to end (e.g. a GPU study on a CPU)")
     st.add_argument("--out", help="experiment directory (default runs/<study name>/)")

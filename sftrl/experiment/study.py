@@ -42,7 +42,7 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
        "label": "arith_4ops", "test_size": 100}
 
 # The default study: tiny Llama (hidden 64, 2 layers, 0.1M parameters) on 2-3 operation arithmetic,
-# sized for about 18 minutes on 2 CPU cores. Design (pilots in docs/LOG.md, 2026-12-02):
+# sized for 20 minutes on 2 CPU cores (19.4 measured). Design (pilots in docs/LOG.md, 2026-12-02):
 # - warm start: 1000 SFT steps (batch 64, cosine 3e-3 -> 3e-4) to ~30% greedy accuracy, pass@8
 #   ~52%: about half of the GRPO groups have mixed outcomes, so plain RL has something to sharpen
 #   (from the earlier ~11% warm start three quarters of the groups all failed and GRPO's reward was
@@ -50,8 +50,8 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
 # - 40 steps per method; an RL step is one rollout of 32 prompts x 8 samples and two optimiser
 #   steps on it (so the clip range matters); an SFT step is 256 demonstrations, the same number of
 #   trained sequences as an RL step, at the warm start's final learning rate. Larger rollouts cost
-#   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and they
-#   are what makes GRPO's own reward rise within the budget;
+#   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and with
+#   them GRPO's reward rose in 60-step pilots (within these 40 steps its slope's CI still spans 0);
 # - 10 seeds and 2,500 test problems (binomial SE of one run's accuracy about 1 point), so that a
 #   paired comparison's minimum detectable effect is about 2 points (the seed-to-seed spread of
 #   paired differences was 0.7-1.7 points in pilots); pass@4 on the first 500 of them;
@@ -106,7 +106,7 @@ for GRPO, the SFT weight for the joint loss."""
 
 
 def _quick() -> dict:
-    """A smoke version (about 2 minutes): every stage and report section, tiny sizes."""
+    """A smoke version (under a minute): every stage and report section, tiny sizes."""
     s = copy.deepcopy(DEFAULT)
     s["name"] = "study-quick"
     b = s["base"]
@@ -117,8 +117,8 @@ def _quick() -> dict:
     b["rl"]["rollout"].update(group_size=4, prompts_per_step=4, max_new_tokens=24)
     b["eval"].update(k=2, max_new_tokens=24, extra_tasks=[{**OOD, "test_size": 8}])
     b["log"]["samples_every"] = 2
-    s["warm"]["overrides"] = ["phases=[{kind: sft, steps: 20}]" if o.startswith("phases=") else
-                              "sft.batch_size=16" if o.startswith("sft.batch_size=") else o for o in s["warm"]["overrides"]]
+    small = {"phases=": "phases=[{kind: sft, steps: 20}]", "sft.batch_size=": "sft.batch_size=16"}
+    s["warm"]["overrides"] = [next((v for k, v in small.items() if o.startswith(k)), o) for o in s["warm"]["overrides"]]
     s["warm"]["threads"] = 1
     s["methods"] = {k: s["methods"][k] for k in ("sft", "grpo", "grpo_entropy", "joint", "luffy")}
     s["seeds"] = 2
@@ -139,7 +139,8 @@ def _full() -> dict:
                                       "kwargs": {"min_ops": 2, "max_ops": 3, "max_operand": 50, "operators": "+-*"}}]
     s["warm"]["per_seed"] = True
     s["warm"]["threads"] = 1
-    s["methods"].update({"superrl": ["method=superrl"], "hpt": ["method=hpt"], "srft": ["method=srft"], "chord": ["method=chord"],
+    s["methods"].update({"superrl": ["method=superrl"], "hpt": ["method=hpt"], "srft": ["method=srft"],
+                         "chord": ["method=chord"],
                          "grpo_adaptive_entropy": ["method=grpo", "rl.algo.entropy={mode: adaptive, kwargs: "
                                                    "{target: 0.3, delta: 0.0001, max_coef: 0.005}}"]})
     s["sensitivity"] = copy.deepcopy(SENSITIVITY)
