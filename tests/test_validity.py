@@ -189,6 +189,29 @@ def test_a_study_where_rl_does_not_learn_says_so_first(tmp_path):
     assert "None of 1 method compared with sft on shared seeds has a higher mean; the closest, rl_plain" in summary
 
 
+def test_a_positive_slope_hidden_by_its_spread_says_how_many_seeds_would_show_it(tmp_path):
+    none = [0.0] * 4
+    _study(tmp_path, per_seed=False, warm=[{"eval/arith/acc_strict": 0.30}], study={}, methods={
+        "sft": (["sft"] * 4, [0.30, 0.31, 0.29, 0.30], none, 0.5, True, [10.0] * 4),
+        "grpo": (["rl"] * 4, [0.30, 0.31, 0.29, 0.30], [0.03, -0.01, 0.02, -0.02], 0.5, True, [30.0] * 4),
+    })
+    write_report(tmp_path)
+    row = next(x for x in (tmp_path / "report.md").read_text().splitlines() if x.startswith("| RL raises its reward |"))
+    # slopes 0.03, -0.01, 0.02, -0.02: mean 0.005, sd (ddof=1) sqrt(0.0017 / 3) = 0.0238. The seeds a
+    # one-sample t-test needs: the smallest n whose power P(|T| > t_{0.975, n-1}), T ~ noncentral
+    # t(n-1, 0.005 sqrt(n) / sd), reaches 0.8, found here by counting up from scipy's distributions
+    sd = math.sqrt(((0.03 - 0.005) ** 2 + 0.015 ** 2 + 0.015 ** 2 + 0.025 ** 2) / 3)
+    n = 2
+    while True:
+        crit, nc = scipy.stats.t.ppf(0.975, n - 1), 0.005 * math.sqrt(n) / sd
+        if scipy.stats.nct.sf(crit, n - 1, nc) + scipy.stats.nct.cdf(-crit, n - 1, nc) >= 0.8:
+            break
+        n += 1
+    assert 150 < n < 200                                     # about ((1.96 + 0.84) sd / 0.005)^2 = 178
+    assert "grpo: +0.005 per step (95% CI [-" in row
+    assert f"4 seeds); {n} seeds would detect a slope this size (80% power, observed spread) | not met |" in row
+
+
 def test_noise_at_the_floor_is_not_measured_and_a_plain_sweep_has_no_warm_start(tmp_path):
     none = [0.0] * 4
     _study(tmp_path, per_seed=False, warm=[{"eval/arith/acc_strict": 0.0}], study={}, methods={

@@ -7,7 +7,9 @@ Each check is "met", "not met" or "not measured", with its number:
   warm-start pass@k     pass@k above that greedy accuracy: sampling finds answers greedy decoding
                         misses, which is what RL can reinforce
   RL raises its reward  per GRPO seed an OLS slope of `reward/mean` over its RL steps; the 95%
-                        bootstrap CI of the mean slope over seeds lies above 0
+                        bootstrap CI of the mean slope over seeds lies above 0; when a positive
+                        mean is smaller than its MDE, the seeds a one-sample t-test on the
+                        per-seed slopes would need to detect it (80% power)
   RL raises accuracy    GRPO's final greedy accuracy minus the warm start's, per seed (the seed's own
                         warm start, or the one shared by every seed); the 95% CI lies above 0
   mixed groups          1 - `groups/zero_std_frac`, averaged over GRPO's RL steps, at least
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftrl.experiment import stats
+from sftrl.experiment.power import MAX_SEEDS, mde, seeds_needed
 from sftrl.experiment.records import Experiment, Run, config_at, final_value, load_experiment
 from sftrl.experiment.report_results import REPS
 
@@ -149,6 +152,20 @@ def _slope_text(s: dict) -> str:
     return f"{s['mean']:+.3g} per step (95% CI [{s['ci_low']:+.3g}, {s['ci_high']:+.3g}], {s['n']} seeds)"
 
 
+def _slope_seeds(slopes: dict[int, float]) -> str:
+    """For a positive mean slope whose spread over seeds hides it: '; N seeds would detect it', from a
+    one-sample t-test on the per-seed slopes (80% power, two-sided 5%) at the observed mean and sd."""
+    v = np.asarray(list(slopes.values()), dtype=float)
+    if v.size < 2 or not v.mean() > 0 or not np.std(v, ddof=1) > 0:
+        return ""
+    sd = float(np.std(v, ddof=1))
+    if mde(int(v.size), sd) <= v.mean():
+        return ""
+    n = seeds_needed(float(v.mean()), sd)
+    return (f"; {n} seeds would detect a slope this size (80% power, observed spread)" if n is not None
+            else f"; more than {MAX_SEEDS} seeds would be needed to detect a slope this size")
+
+
 def _above_zero(ci: dict) -> bool | None:
     return None if ci["n"] < 2 else bool(ci["ci_low"] > 0)
 
@@ -189,7 +206,8 @@ def _rl_checks(exp: Experiment, grpo: str | None, warm: list[Run], metric: str, 
     slopes = reward_slopes(runs)
     if slopes:
         slope = _interval(list(slopes.values()), rng)
-        checks.append(Check("RL raises its reward", f"{grpo}: {_slope_text(slope)}", _above_zero(slope), reward_rule))
+        checks.append(Check("RL raises its reward", f"{grpo}: {_slope_text(slope)}{_slope_seeds(slopes)}",
+                            _above_zero(slope), reward_rule))
     else:
         checks.append(Check("RL raises its reward", f"not measured ({grpo} logged no {REWARD} over 2+ RL steps)",
                             None, reward_rule))
