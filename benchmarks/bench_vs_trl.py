@@ -32,8 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 P, G, MAX_NEW, BETA, EPS, MINI = 16, 8, 64, 0.04, 0.2, 1
-STUDY = {"hidden": 64, "layers": 2, "prompts": 8, "group": 8, "max_new": 56, "mini_batches": 2}
-"""The default study's RL step: sftrl.experiment.study.DEFAULT's model and rollout shape."""
+
+
+def study_shape() -> dict:
+    """The default study's RL step, read from sftrl.experiment.study.DEFAULT: its model and rollout shape."""
+    from sftrl.experiment.study import DEFAULT
+    b = DEFAULT["base"]
+    tiny, roll = b["model"]["tiny"], b["rl"]["rollout"]
+    return {"hidden": tiny["hidden_size"], "layers": tiny["num_layers"], "prompts": roll["prompts_per_step"],
+            "group": roll["group_size"], "max_new": roll["max_new_tokens"], "mini_batches": b["rl"]["algo"]["mini_batches"]}
 
 
 def make_model(out: Path, hidden: int, layers: int) -> None:
@@ -137,8 +144,9 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.study:
-        a.hidden, a.layers, a.prompts, a.group = STUDY["hidden"], STUDY["layers"], STUDY["prompts"], STUDY["group"]
-        a.max_new, a.mini_batches = STUDY["max_new"], STUDY["mini_batches"]
+        shape = study_shape()
+        a.hidden, a.layers, a.prompts, a.group = shape["hidden"], shape["layers"], shape["prompts"], shape["group"]
+        a.max_new, a.mini_batches = shape["max_new"], shape["mini_batches"]
     P, G, MAX_NEW, MINI = a.prompts, a.group, a.max_new, a.mini_batches
     shape = ["--prompts", str(P), "--group", str(G), "--max-new", str(MAX_NEW), "--mini-batches", str(MINI)]
     if a.side:
