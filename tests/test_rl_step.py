@@ -166,3 +166,31 @@ def test_compute_accounting_of_a_step():
     # decode 2N(prompts + generated); no behaviour pass (one step per rollout); the KL reference is
     # off here (no ref given); one training pass 6N over each distinct prompt once and every completion
     assert m["compute/flops"] == 2 * N * (prompts + generated) + 6 * N * (prompts + generated)
+
+
+def test_gain_over_the_reference_worked_by_hand_and_zero_where_the_policies_agree():
+    from sftrl.train.losses import gain_vs_ref
+    # one group of 2 samples, rewards 1 and 0; summed log ratio reference/behaviour log 2 and 0 (the
+    # second row's only valid token carries no ratio, its padded token is masked): weights 2/3, 1/3, so
+    # the reference's estimated reward is 2/3 and the gain 1/2 - 2/3 = -1/6
+    r = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]])
+    ref_ = torch.tensor([[-1.0 + math.log(2), -2.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert math.isclose(gain_vs_ref(r, old, ref_, mask), 0.5 - 2 / 3, rel_tol=1e-6)
+    # a real step: the reference is a copy of the policy, so before the first update the two passes
+    # compute the same log-probs and the gain is the group mean minus itself (double-precision rounding
+    # of a mean of G terms: at most G * 2^-53 of the largest reward, 1)
+    ctl = Controllers(entropy.make_controller("constant", {"coef": 0.0}), FixedKL(0.04))
+    for mini_batches in (2, 1):
+        p, update, streams, cfg, _ = _parts(["rl.algo.preset=grpo", f"rl.algo.mini_batches={mini_batches}"])
+        twin = tiny_model(TinyModelConfig(hidden_size=32, num_layers=1), len(p.tokenizer), seed=0,
+                          pad_id=p.tokenizer.pad_token_id, eos_id=p.tokenizer.eos_token_id)
+        p = Policy(model=p.model, tokenizer=p.tokenizer, ref=twin, sample=p.sample, render=p.render,
+                   template=p.template, max_len=p.max_len, precision=p.precision)
+        metrics, *_ = rl_step(p, update, streams, cfg, Algo.from_config(cfg), ctl, 0, torch.Generator().manual_seed(0))
+        assert "policy/kl" in metrics                       # the reference pass ran in both
+        if mini_batches == 2:
+            assert abs(metrics["reward/gain_vs_ref"]) <= G * 2.0 ** -53
+        else:                                               # one optimiser step: no behaviour pass to read
+            assert "reward/gain_vs_ref" not in metrics

@@ -103,7 +103,8 @@ def test_a_study_that_learns_validity_power_compute_and_the_opening(tmp_path):
     # reward = 0.2 + b * step with b = 0.01, 0.02, 0.03, 0.02: mean slope 0.02; a percentile bootstrap of a
     # mean stays inside [min, max] of the values, so the CI lies in [0.01, 0.03], above 0
     row = next(x for x in md.splitlines() if x.startswith("| RL raises its reward |"))
-    assert "grpo: +0.02 per step (95% CI [+" in row and "4 seeds) | met |" in row
+    assert "grpo: reward/mean +0.02 per step (95% CI [+" in row and "4 seeds) | met |" in row
+    assert row.endswith("| 95% CI of the mean slope above 0 (reward/gain_vs_ref when logged, else reward/mean) |")
     lo, hi = (float(v) for v in row.split("[", 1)[1].split("]", 1)[0].split(", "))
     assert 0.01 <= lo <= 0.02 <= hi <= 0.03
     # accuracy after RL minus the shared warm start: 34, 36, 33, 37 - 30 = 4, 6, 3, 7 points, mean 5.0
@@ -176,7 +177,7 @@ def test_a_study_where_rl_does_not_learn_says_so_first(tmp_path):
     assert "4 seeds), an interval that is not above 0. None of 1 method" in summary.split("\n\n")[0]
     assert "| warm-start accuracy | 30.0% (4 warm starts, mean) | met |" in md
     assert "| warm-start pass@k | not measured (the warm start has no pass@k) | not measured |" in md
-    assert "| RL raises its reward | rl_plain: -0.015 per step (95% CI [-" in md
+    assert "| RL raises its reward | rl_plain: reward/mean -0.015 per step (95% CI [-" in md
     # per-seed warm starts: 28 - 30, 30 - 31, 29 - 29, 27 - 30 = -2, -1, 0, -3 points, mean -1.5
     row = next(x for x in md.splitlines() if x.startswith("| RL raises accuracy |"))
     assert "rl_plain minus the warm start: -1.5 points" in row
@@ -208,8 +209,21 @@ def test_a_positive_slope_hidden_by_its_spread_says_how_many_seeds_would_show_it
             break
         n += 1
     assert 150 < n < 200                                     # about ((1.96 + 0.84) sd / 0.005)^2 = 178
-    assert "grpo: +0.005 per step (95% CI [-" in row
+    assert "grpo: reward/mean +0.005 per step (95% CI [-" in row
     assert f"4 seeds); {n} seeds would detect a slope this size (80% power, observed spread) | not met |" in row
+
+    # the same runs with reward/gain_vs_ref logged: slopes 0.004, 0.006, 0.005, 0.005 (all above 0, so the
+    # bootstrap CI of their mean is too); the check reads them, and shows reward/mean's beside them
+    for s, b in zip(SEEDS, [0.004, 0.006, 0.005, 0.005]):
+        path = tmp_path / "runs" / f"grpo__s{s}" / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**x, "reward/gain_vs_ref": b * x["step"]}) + "\n" for x in lines))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| RL raises its reward |"))
+    assert "grpo: reward/gain_vs_ref +0.005 per step (95% CI [+" in row
+    assert "4 seeds); reward/mean +0.005 per step (95% CI [-" in row and row.count("seeds would detect") == 1
+    assert "| met |" in row and not _summary(md).startswith("RL did not raise")
 
 
 def test_noise_at_the_floor_is_not_measured_and_a_plain_sweep_has_no_warm_start(tmp_path):

@@ -45,6 +45,11 @@ MIXED_GROUPS = 0.3
 """Least share of GRPO groups with mixed outcomes. A group whose rewards are all equal has zero
 group-relative advantage and so no policy gradient; below 30% most of each RL step is wasted."""
 REWARD = "reward/mean"
+GAIN = "reward/gain_vs_ref"
+"""The step's reward minus an importance-sampling estimate, from the same samples, of the reference
+policy's reward on the same prompts. Its expected slope is reward/mean's, without the step-to-step
+difference in the prompts' difficulty, which dominates reward/mean's noise: when GRPO logged it,
+the check reads its slope (and shows reward/mean's beside it)."""
 ZERO_STD = "groups/zero_std_frac"
 POINTS = 100.0
 """Accuracy points per unit of an accuracy in [0, 1]."""
@@ -64,7 +69,7 @@ class Validity:
     """Every check, and the numbers the summary's opening quotes."""
     checks: tuple
     grpo: str | None            # the method the RL checks read
-    slope: dict | None          # reward slope per step: mean, ci_low, ci_high, n
+    slope: dict | None          # reward slope per step: mean, ci_low, ci_high, n, key (the metric read)
 
     @property
     def rl_learns(self) -> bool | None:
@@ -87,7 +92,7 @@ class Validity:
         if self.rl_learns is not False:
             return None
         return (f"RL did not raise its own training reward on this testbed: the slope of {self.grpo}'s "
-                f"{REWARD} is {_slope_text(self.slope)}, an interval that is not above 0.")
+                f"{self.slope['key']} is {_slope_text(self.slope)}, an interval that is not above 0.")
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -126,11 +131,11 @@ def _rl_column(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     return run.steps[rl], run.metrics[key][rl]
 
 
-def reward_slopes(runs: list[Run]) -> dict[int, float]:
-    """Per seed: the OLS slope of `reward/mean` over the run's RL steps (runs with < 2 steps left out)."""
+def reward_slopes(runs: list[Run], key: str = REWARD) -> dict[int, float]:
+    """Per seed: the OLS slope of `key` over the run's RL steps (runs with < 2 such steps left out)."""
     out = {}
     for r in runs:
-        steps, reward = _rl_column(r, REWARD)
+        steps, reward = _rl_column(r, key)
         if len(np.unique(steps)) >= 2:
             out[r.seed] = ols_slope(steps, reward)
     return out
@@ -203,11 +208,16 @@ def _rl_checks(exp: Experiment, grpo: str | None, warm: list[Run], metric: str, 
                 Check("mixed groups", why, None, mixed_rule)], None
     runs = exp.method_runs(grpo)
     checks, slope = [], None
-    slopes = reward_slopes(runs)
+    slopes, gains = reward_slopes(runs), reward_slopes(runs, GAIN)
     if slopes:
-        slope = _interval(list(slopes.values()), rng)
-        checks.append(Check("RL raises its reward", f"{grpo}: {_slope_text(slope)}{_slope_seeds(slopes)}",
-                            _above_zero(slope), reward_rule))
+        raw = {**_interval(list(slopes.values()), rng), "key": REWARD}
+        text = f"{REWARD} {_slope_text(raw)}{_slope_seeds(slopes)}"
+        slope = raw
+        if len(gains) == len(slopes):
+            slope = {**_interval(list(gains.values()), rng), "key": GAIN}
+            text = f"{GAIN} {_slope_text(slope)}{_slope_seeds(gains)}; {text}"
+        checks.append(Check("RL raises its reward", f"{grpo}: {text}", _above_zero(slope),
+                            f"{reward_rule} ({GAIN} when logged, else {REWARD})"))
     else:
         checks.append(Check("RL raises its reward", f"not measured ({grpo} logged no {REWARD} over 2+ RL steps)",
                             None, reward_rule))

@@ -5,8 +5,9 @@ in the reward where configured), `Fixed` (what is computed once per rollout: adv
 accuracies, behaviour and reference log-probs; and the token filter's masks, filled per
 mini-batch by `filter_tokens`), `rl_terms` (policy gradient, KL-Cov, KL and entropy over one
 mini-batch's RL rows), `sft_term` (the weighted NLL of its demonstration rows, with the two
-gradients' norms), `measured_kl`, `rollout_metrics` and `GLOBAL_SUMS`. Every reduction goes through weights
-computed from the whole mini-batch's mask, so micro-batching never changes the objective.
+gradients' norms), `measured_kl`, `rollout_metrics` (with `gain_vs_ref`) and `GLOBAL_SUMS`.
+Every reduction goes through weights computed from the whole mini-batch's mask, so
+micro-batching never changes the objective.
 """
 
 from __future__ import annotations
@@ -196,4 +197,18 @@ def rollout_metrics(g, b, r: torch.Tensor, fx: Fixed, offpolicy: int) -> dict:
            "policy/filtered_frac": float(((1 - keep) * mask).sum() / mask.sum().clamp(min=1.0))}
     if offpolicy:
         out["policy/offpolicy_token_share"] = float((b.mask * b.off[:, None]).sum() / b.mask.sum().clamp(min=1.0))
+    elif fx.old_logp is not None and fx.ref_logp is not None and r.numel() == n:
+        out["reward/gain_vs_ref"] = gain_vs_ref(r, fx.old_logp[:n], fx.ref_logp[:n], mask)
     return out
+
+
+def gain_vs_ref(r: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """The step's mean reward minus a self-normalised importance-sampling estimate, from the same
+    samples, of the reference policy's mean reward on the same prompts: per group, sum_i w_i r_i
+    with w = softmax_i(sum_t mask (ref_logp - old_logp)). Rewards r [P, G] (rows prompt-major),
+    log-probs and mask [P*G, T]. Its expectation moves with the policy's expected reward as
+    `reward/mean`'s does, without the difference in difficulty between one step's prompts and the
+    next's (a control variate): 0 when policy and reference agree."""
+    log_ratio = ((ref_logp - old_logp) * mask).sum(1).view_as(r)                # [P, G]
+    ref_reward = (torch.softmax(log_ratio.double(), 1) * r.double()).sum(1)      # [P]
+    return float((r.double().mean(1) - ref_reward).mean())
