@@ -42,7 +42,7 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
        "label": "arith_4ops", "test_size": 100}
 
 # The default study: tiny Llama (hidden 64, 2 layers, 0.1M parameters) on 2-3 operation arithmetic,
-# sized for 20 minutes on 2 CPU cores (19.4 measured). Design (pilots in docs/LOG.md, 2026-12-02):
+# sized for 20 minutes on 2 CPU cores (19.4 and 20.5 measured). Design (pilots in docs/LOG.md, 2026-12-02):
 # - warm start: 1000 SFT steps (batch 64, cosine 3e-3 -> 3e-4) to ~30% greedy accuracy, pass@8
 #   ~52%: about half of the GRPO groups have mixed outcomes, so plain RL has something to sharpen
 #   (from the earlier ~11% warm start three quarters of the groups all failed and GRPO's reward was

@@ -6,7 +6,8 @@ Each check is "met", "not met" or "not measured", with its number:
                         `WARM_ACCURACY` (RL needs some successes to reinforce, and room to improve)
   warm-start pass@k     pass@k above that greedy accuracy: sampling finds answers greedy decoding
                         misses, which is what RL can reinforce
-  RL raises its reward  per GRPO seed an OLS slope of `reward/mean` over its RL steps; the 95%
+  RL raises its reward  per GRPO seed an OLS slope of `reward/gain_vs_ref` (`GAIN`) over its RL
+                        steps where every seed logged it, else of `reward/mean`; the 95%
                         bootstrap CI of the mean slope over seeds lies above 0; when a positive
                         mean is smaller than its MDE, the seeds a one-sample t-test on the
                         per-seed slopes would need to detect it (80% power)
