@@ -120,23 +120,31 @@ class Stacked:
         logp = logits.log_softmax(-1).gather(-1, ids[:, :, start:].reshape(S, -1, 1))
         return logp.view(S, N, -1)
 
+    def prefill(self, prompts, n: int, columns: int):
+        """(next-token logits [S, P, V], per layer the key and value caches [S*P*n, H, columns, hd]
+        with the prompts' keys and values, repeated n times, in their first Lp columns)."""
+        S, P, Lp = prompts.shape
+        cos, sin = self.rope(Lp)
+        h = self._embed(prompts).reshape(S, P * Lp, -1)
+        caches = []
+        for lay in self.layers:
+            qs, ks, vs = self._qkv(lay, h, P, Lp, cos, sin)
+            h = self._rest(lay, h, F.scaled_dot_product_attention(qs, ks, vs, is_causal=True), P, Lp)
+            big = [t.new_empty(S * P * n, self.heads, columns, self.hd) for t in (ks, vs)]
+            for b, t in zip(big, (ks, vs)):
+                b[:, :, :Lp] = t.repeat_interleave(n, 0)
+            caches.append(big)
+        last = self._norm(h, self.final).view(S, P, Lp, -1)[:, :, -1]                # [S, P, D]
+        return torch.bmm(last, self.embed.transpose(1, 2)), caches
+
     @torch.no_grad()
     def decode(self, prompts, n: int, new: int, gens):
         """Tokens [S, P*n, new] sampled at temperature 1 (seed s from gens[s]) after prompts [S, P, Lp]."""
         S, P, Lp = prompts.shape
         N, C = P * n, Lp + new
         cos, sin = self.rope(C)
-        h = self._embed(prompts).reshape(S, P * Lp, -1)
-        caches = []
-        for lay in self.layers:
-            qs, ks, vs = self._qkv(lay, h, P, Lp, cos[:Lp], sin[:Lp])
-            h = self._rest(lay, h, F.scaled_dot_product_attention(qs, ks, vs, is_causal=True), P, Lp)
-            big = [t.new_empty(S * N, self.heads, C, self.hd) for t in (ks, vs)]
-            for b, t in zip(big, (ks, vs)):
-                b[:, :, :Lp] = t.repeat_interleave(n, 0)
-            caches.append(big)
-        last = self._norm(h, self.final).view(S, P, Lp, -1)[:, :, -1]                # [S, P, D]
-        logits = torch.bmm(last, self.embed.transpose(1, 2)).repeat_interleave(n, 1)   # [S, N, V]
+        logits, caches = self.prefill(prompts, n, C)
+        logits = logits.repeat_interleave(n, 1)                                         # [S, N, V]
         out = torch.empty(S, N, new, dtype=torch.long)
         for t in range(new):
             probs = torch.softmax(logits, -1)
@@ -222,13 +230,7 @@ def main() -> None:
     worst = []
     with torch.no_grad():
         h_logits = [m(input_ids=prompts[s]).logits[:, -1] for s, m in enumerate(models)]
-        cos, sin = stacked.rope(PROMPT_LEN)
-        h = stacked._embed(prompts).reshape(S, P * PROMPT_LEN, -1)
-        for lay in stacked.layers:
-            qs, ks, vs = stacked._qkv(lay, h, P, PROMPT_LEN, cos, sin)
-            h = stacked._rest(lay, h, F.scaled_dot_product_attention(qs, ks, vs, is_causal=True), P, PROMPT_LEN)
-        last = stacked._norm(h, stacked.final).view(S, P, PROMPT_LEN, -1)[:, :, -1]
-        s_logits = torch.bmm(last, stacked.embed.transpose(1, 2))
+        s_logits, _ = stacked.prefill(prompts, 1, PROMPT_LEN)
     for s, m in enumerate(models):
         diff = float((s_logits[s] - h_logits[s]).abs().max())
         tol = logit_tolerance(m, prompts[s], torch.ones_like(prompts[s]))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftrl.experiment import stats
-from sftrl.experiment.power import MAX_SEEDS, mde, seeds_needed
+from sftrl.experiment.power import MAX_SEEDS, paired_power
 from sftrl.experiment.records import Experiment, Run, config_at, final_value, load_experiment
 from sftrl.experiment.report_results import REPS
 
@@ -162,12 +162,12 @@ def _slope_seeds(slopes: dict[int, float]) -> str:
     """For a positive mean slope whose spread over seeds hides it: '; N seeds would detect it', from a
     one-sample t-test on the per-seed slopes (80% power, two-sided 5%) at the observed mean and sd."""
     v = np.asarray(list(slopes.values()), dtype=float)
-    if v.size < 2 or not v.mean() > 0 or not np.std(v, ddof=1) > 0:
+    if not (v.size and v.mean() > 0):
         return ""
-    sd = float(np.std(v, ddof=1))
-    if mde(int(v.size), sd) <= v.mean():
+    pw = paired_power(v, target=math.inf, effect=float(v.mean()))      # underpowered: MDE above the mean
+    if not pw["underpowered"]:
         return ""
-    n = seeds_needed(float(v.mean()), sd)
+    n = pw["seeds_needed"]
     return (f"; {n} seeds would detect a slope this size (80% power, observed spread)" if n is not None
             else f"; more than {MAX_SEEDS} seeds would be needed to detect a slope this size")
 
