@@ -144,3 +144,42 @@ def test_rope_in_pairs_equals_rotate_half():
     back = torch.empty_like(got.reshape(n, q, -1))
     back[..., order] = got.reshape(n, q, -1)
     assert_close(back.view(n, q, heads, hd), expect)
+
+
+def test_lora_layers_run_as_summed_weights_and_the_reference_is_the_base_model_exactly():
+    """A LoRA layer's projections run as one matmul with weight W + scale * B @ A (peft's own
+    delta), none of peft's module forwards is called; with the adapters off (the KL reference,
+    `AdaptersOff`) the weights are the base model's own tensors, so its log-probs equal the plain
+    model's bit for bit, and while the adapters are still zero the policy's do too."""
+    from sftrl.lm.models import AdaptersOff
+    plain, (ids, mask, Lp) = llama(), grpo_like_batch()
+    fresh = add_lora(llama(), LoraConfig(enabled=True, r=4, alpha=8, target_modules="all-linear"))
+    want = token_logp_and_entropy(plain, ids, mask, Lp)[0]
+    assert torch.equal(token_logp_and_entropy(fresh, ids, mask, Lp)[0], want)        # B = 0: W + 0 = W
+
+    model = lora()
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for n, m in model.named_modules()
+             if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    lay = decoder.parts(model)[0].layers[0]
+    fz = decoder.fused(lay, gate_up=False)
+    q = lay.self_attn.q_proj
+    expect = q.base_layer.weight + q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
+    assert_close(fz.qkv[:q.out_features].sort(0).values, expect.detach().sort(0).values, rtol=0, atol=0)
+    logp = token_logp_and_entropy(model, ids, mask, Lp)[0]
+    ref = token_logp_and_entropy(AdaptersOff(model), ids, mask, Lp)[0]
+    assert not calls                                          # no peft module forward on either path
+    assert torch.equal(ref, want)                             # adapters off: the base weights exactly
+    assert not torch.equal(logp, want)                        # adapters on: they change the output
+    assert all(not m.disable_adapters for m in model.modules() if hasattr(m, "lora_A"))   # restored after
+    for h in hooks:
+        h.remove()
+
+
+def test_lora_dropout_in_training_falls_back_to_the_modules():
+    model = add_lora(llama(), LoraConfig(enabled=True, r=4, alpha=8, dropout=0.1, target_modules="all-linear"))
+    lay = decoder.parts(model)[0].layers[0]
+    model.train()
+    assert decoder.fused(lay, gate_up=False) is None          # dropout acts on the adapter input only
+    model.eval()
+    assert decoder.fused(lay, gate_up=False) is not None      # inactive in eval: summed as usual

@@ -120,41 +120,77 @@ def _pairs(heads: int, hd: int) -> torch.Tensor:
     return (torch.arange(heads)[:, None] * hd + one[None]).reshape(-1)                          # [heads*hd]
 
 
+def linear_params(mod) -> tuple | None:
+    """(weight, bias) with which `mod` computes x @ weight.T + bias: an `nn.Linear`'s own, or, for a
+    peft LoRA `Linear` over one, the base weight plus each active adapter's delta (peft's
+    `get_delta_weight`: scale * B @ A), so the adapters cost one small matmul per forward instead
+    of two thin ones per token block, and gradients reach A and B through the sum. Adapters
+    disabled: the base weight itself. None for anything else (active dropout, DoRA and other
+    variants, an adapter bias, merged or fan-in-fan-out layers): the module is then called."""
+    lin = torch.nn.Linear
+    if type(mod) is lin:
+        return mod.weight, mod.bias
+    base = getattr(mod, "base_layer", None)
+    if type(base) is not lin or not hasattr(mod, "get_delta_weight") or getattr(mod, "merged", True) or \
+            getattr(mod, "fan_in_fan_out", False):
+        return None
+    if mod.disable_adapters:
+        return base.weight, base.bias
+    weight = base.weight
+    for name in mod.active_adapters:
+        if name not in mod.lora_A.keys():
+            continue
+        drop = mod.lora_dropout[name]
+        if name in getattr(mod, "lora_variant", {}) or mod.lora_B[name].bias is not None or \
+                (mod.training and not isinstance(drop, torch.nn.Identity) and drop.p > 0):
+            return None
+        weight = weight + mod.get_delta_weight(name)
+    return weight, base.bias
+
+
 class Fused(NamedTuple):
-    """A layer's projections as two matmuls: q|k|v (q and k rows reordered so that RoPE is one
-    complex multiply; q.k is unchanged because both are reordered alike) and gate|up (None: gate
-    and up stay two matmuls)."""
+    """A layer's projections as plain (weight, bias) pairs (`linear_params`): q|k|v as one matmul
+    (q and k rows reordered so that RoPE is one complex multiply; q.k is unchanged because both
+    are reordered alike), gate|up as one (`gate_up`) or as two (`gate`, `up`), then `o` and `down`."""
 
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
     sizes: list
-    gate_up: torch.Tensor
+    gate_up: torch.Tensor | None
     gate_up_bias: torch.Tensor | None
+    gate: tuple | None
+    up: tuple | None
+    o: tuple
+    down: tuple
 
 
 def fused(lay, *, gate_up: bool) -> Fused | None:
-    """`Fused` of a layer whose projections are plain `nn.Linear`s; None otherwise (LoRA-wrapped
-    projections, other MLPs): the layer's modules are then called one by one. Built from the live
-    weights, so under autograd the gradients reach them through the concatenation. `gate_up`:
-    gate and up as one matmul (small decode batches); else two, whose outputs stay contiguous
-    (cheaper elementwise work and backward at training sizes)."""
+    """`Fused` of a layer whose projections are `nn.Linear`s, plain or LoRA-wrapped
+    (`linear_params`); None otherwise (other MLPs, adapters that cannot be summed into the
+    weight): the layer's modules are then called one by one. Built from the live weights, so
+    under autograd the gradients reach them through the concatenation. `gate_up`: gate and up as
+    one matmul (small decode batches); else two, whose outputs stay contiguous (cheaper
+    elementwise work and backward at training sizes)."""
     a, mlp = lay.self_attn, getattr(lay, "mlp", None)
-    lin = torch.nn.Linear
-    if type(a.q_proj) is not lin or type(a.k_proj) is not lin or type(a.v_proj) is not lin or \
-            not all(type(getattr(mlp, x, None)) is lin for x in ("gate_proj", "up_proj")) or \
-            not hasattr(mlp, "act_fn") or not hasattr(mlp, "down_proj") or a.head_dim % 2:
+    if mlp is None or not hasattr(mlp, "act_fn") or a.head_dim % 2:
         return None
-    qkv = (a.q_proj, a.k_proj, a.v_proj)
-    if len({m.bias is None for m in qkv}) > 1 or (mlp.gate_proj.bias is None) != (mlp.up_proj.bias is None):
+    mods = [a.q_proj, a.k_proj, a.v_proj, getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None),
+            a.o_proj, getattr(mlp, "down_proj", None)]
+    params = [None if m is None else linear_params(m) for m in mods]
+    if any(x is None for x in params):
         return None
-    hd, dev = a.head_dim, a.q_proj.weight.device
-    order = [_pairs(m.out_features // hd, hd).to(dev) for m in (a.q_proj, a.k_proj)] + [None]
+    (q, qb), (k, kb), (v, vb), gate, up, o, down = params
+    if len({b is None for b in (qb, kb, vb)}) > 1 or (gate[1] is None) != (up[1] is None):
+        return None
+    hd, dev = a.head_dim, q.device
+    order = [_pairs(w.shape[0] // hd, hd).to(dev) for w in (q, k)] + [None]
     pick = (lambda t, o: t if o is None else t[o])
-    bias = None if a.q_proj.bias is None else torch.cat([pick(m.bias, o) for m, o in zip(qkv, order)])
-    gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) if gate_up else None
-    gu_bias = None if not gate_up or mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
-    return Fused(torch.cat([pick(m.weight, o) for m, o in zip(qkv, order)]), bias,
-                 [m.out_features for m in qkv], gu, gu_bias)
+    bias = None if qb is None else torch.cat([pick(b, o) for b, o in zip((qb, kb, vb), order)])
+    gu = torch.cat([gate[0], up[0]]) if gate_up else None
+    gu_bias = None if not gate_up or gate[1] is None else torch.cat([gate[1], up[1]])
+    return Fused(torch.cat([pick(w, o) for w, o in zip((q, k, v), order)]), bias,
+                 [w.shape[0] for w in (q, k, v)], gu, gu_bias,
+                 None if gate_up else gate, None if gate_up else up, o, down)
 
 
 def norm(mod, x: torch.Tensor) -> torch.Tensor:
@@ -198,8 +234,13 @@ def mlp(lay, fz: Fused | None, x: torch.Tensor) -> torch.Tensor:
     if fz.gate_up is not None:
         gate, up = F.linear(x, fz.gate_up, fz.gate_up_bias).chunk(2, -1)
     else:
-        gate, up = m.gate_proj(x), m.up_proj(x)
-    return m.down_proj(m.act_fn(gate) * up)
+        gate, up = F.linear(x, *fz.gate), F.linear(x, *fz.up)
+    return F.linear(m.act_fn(gate) * up, *fz.down)
+
+
+def out_proj(lay, fz: Fused | None, x: torch.Tensor) -> torch.Tensor:
+    """The attention output projection of x [n, q, H*hd]."""
+    return lay.self_attn.o_proj(x) if fz is None else F.linear(x, *fz.o)
 
 
 def layer(lay, fz, h, rope: Rope, k_cache, v_cache, col: int, mask):
@@ -210,7 +251,7 @@ def layer(lay, fz, h, rope: Rope, k_cache, v_cache, col: int, mask):
     end = col + ks.shape[2]
     k_cache[:, :, col:end] = ks
     v_cache[:, :, col:end] = vs
-    h = h + lay.self_attn.o_proj(attend(lay, qs, k_cache[:, :, :end], v_cache[:, :, :end], mask))
+    h = h + out_proj(lay, fz, attend(lay, qs, k_cache[:, :, :end], v_cache[:, :, :end], mask))
     return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h))
 
 
@@ -219,7 +260,7 @@ def _train_layer(lay, fz, h, rope: Rope, mask, prefix=None):
     `prefix` keys/values [n, KV, p, hd] (if any) then its own; returns (h, (keys, values))."""
     qs, ks, vs = qkv(lay, fz, norm(lay.input_layernorm, h), rope)
     k_all, v_all = (ks, vs) if prefix is None else (torch.cat([prefix[0], ks], 2), torch.cat([prefix[1], vs], 2))
-    h = h + lay.self_attn.o_proj(attend(lay, qs, k_all, v_all, mask))
+    h = h + out_proj(lay, fz, attend(lay, qs, k_all, v_all, mask))
     return h + mlp(lay, fz, norm(lay.post_attention_layernorm, h)), (ks, vs)
 
 

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sftrl.lm import decoder as direct
 from sftrl.lm.decoder import base_model
+from sftrl.lm.models import AdaptersOff
 from sftrl.parallel import sharding
 
 CHUNK_ELEMENTS = 2 ** 24
@@ -57,6 +58,11 @@ def token_logp_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch
                            with_entropy: bool = True, chunk_rows: int | None = None):
     """(logp [N, T], entropy [N, T]) of tokens input_ids[:, completion_start:], where the entropy
     is of the full temperature-scaled next-token distribution (not of the sampled token)."""
+    if isinstance(model, AdaptersOff):            # a LoRA policy's reference: its own layers, adapters off
+        with model.off():
+            return token_logp_and_entropy(model.peft, input_ids, attention_mask, completion_start,
+                                          temperature=temperature, with_entropy=with_entropy,
+                                          chunk_rows=chunk_rows)
     N, L = input_ids.shape
     T = L - completion_start
     pos = _positions(attention_mask)

@@ -223,13 +223,19 @@ def is_lora(model) -> bool:
 
 class AdaptersOff:
     """The frozen reference of a LoRA policy: the same module with its adapters disabled, so KL
-    to the initial policy needs no second copy of the weights. Called like a model."""
+    to the initial policy needs no second copy of the weights. Called like a model; the log-prob
+    forward (`sftrl.lm.logprobs`) runs `peft`'s own layers inside `off()` instead, so the
+    reference takes the same layer-by-layer path as the policy."""
 
     def __init__(self, peft_model):
         self.peft = peft_model
 
+    def off(self):
+        """Context in which `self.peft` computes the reference (adapters disabled)."""
+        return self.peft.disable_adapter()
+
     def __call__(self, *args, **kwargs):
-        with self.peft.disable_adapter():
+        with self.off():
             return self.peft(*args, **kwargs)
 
     def parameters(self):
