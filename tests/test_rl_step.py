@@ -171,13 +171,15 @@ def test_compute_accounting_of_a_step():
 def test_gain_over_the_reference_worked_by_hand_and_zero_where_the_policies_agree():
     from sftrl.train.losses import gain_vs_ref
     # one group of 2 samples, rewards 1 and 0; summed log ratio reference/behaviour log 2 and 0 (the
-    # second row's only valid token carries no ratio, its padded token is masked): weights 2/3, 1/3, so
-    # the reference's estimated reward is 2/3 and the gain 1/2 - 2/3 = -1/6
+    # second row's only valid token carries no ratio, its padded token is masked): weights 2 and 1, so
+    # the reference's estimated reward is (2 * 1 + 1 * 0) / 2 = 1 and the gain 1/2 - 1 = -1/2
     r = torch.tensor([[1.0, 0.0]])
-    old = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]])
-    ref_ = torch.tensor([[-1.0 + math.log(2), -2.0], [-0.5, 0.0]])
-    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    assert math.isclose(gain_vs_ref(r, old, ref_, mask), 0.5 - 2 / 3, rel_tol=1e-6)
+    old = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]], dtype=torch.float64)      # double: exact to 1e-12
+    ref_ = torch.tensor([[-1.0 + math.log(2), -2.0], [-0.5, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    assert math.isclose(gain_vs_ref(r, old, ref_, mask), 0.5 - 1.0, rel_tol=1e-12)
+    # a zero reward contributes 0 even where the ratio overflows
+    assert gain_vs_ref(torch.tensor([[0.0]]), torch.tensor([[-900.0]]), torch.tensor([[0.0]]), torch.ones(1, 1)) == 0.0
     # a real step: the reference is a copy of the policy, so before the first update the two passes
     # compute the same log-probs and the gain is the group mean minus itself (double-precision rounding
     # of a mean of G terms: at most G * 2^-53 of the largest reward, 1)
@@ -190,7 +192,29 @@ def test_gain_over_the_reference_worked_by_hand_and_zero_where_the_policies_agre
                    template=p.template, max_len=p.max_len, precision=p.precision)
         metrics, *_ = rl_step(p, update, streams, cfg, Algo.from_config(cfg), ctl, 0, torch.Generator().manual_seed(0))
         assert "policy/kl" in metrics                       # the reference pass ran in both
-        if mini_batches == 2:
-            assert abs(metrics["reward/gain_vs_ref"]) <= G * 2.0 ** -53
+        if mini_batches == 2:                               # ratios exactly 1: every term exactly 0
+            assert metrics["reward/gain_vs_ref"] == 0.0
         else:                                               # one optimiser step: no behaviour pass to read
             assert "reward/gain_vs_ref" not in metrics
+
+
+def test_gain_over_the_reference_is_unbiased_by_exact_enumeration():
+    """E over the behaviour policy pi of the estimate equals J(pi) - J(ref) exactly: enumerate every
+    completion of two tokens from a 3-token vocabulary under two per-position distributions (ref
+    differs from pi), reward 1 on three of the nine, and weight each one-sample estimate by pi's
+    probability of that completion. A group-normalised ratio would give 0 for every one-sample group."""
+    import itertools
+
+    from sftrl.train.losses import gain_vs_ref
+    pi = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]).double()            # [position, token]
+    ref = torch.tensor([[0.2, 0.3, 0.5], [0.4, 0.4, 0.2]]).double()
+    rewarded = {(0, 1), (1, 1), (2, 0)}
+    expect, j_pi, j_ref = 0.0, 0.0, 0.0
+    for y in itertools.product(range(3), repeat=2):
+        p_pi, p_ref = float(pi[0, y[0]] * pi[1, y[1]]), float(ref[0, y[0]] * ref[1, y[1]])
+        r = float(y in rewarded)
+        old = torch.stack([pi[t, y[t]].log() for t in range(2)])[None]          # [1, 2]
+        refl = torch.stack([ref[t, y[t]].log() for t in range(2)])[None]
+        expect += p_pi * gain_vs_ref(torch.tensor([[r]]), old, refl, torch.ones(1, 2))
+        j_pi, j_ref = j_pi + p_pi * r, j_ref + p_ref * r
+    assert math.isclose(expect, j_pi - j_ref, rel_tol=1e-12)

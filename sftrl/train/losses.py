@@ -203,12 +203,16 @@ def rollout_metrics(g, b, r: torch.Tensor, fx: Fixed, offpolicy: int) -> dict:
 
 
 def gain_vs_ref(r: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
-    """The step's mean reward minus a self-normalised importance-sampling estimate, from the same
-    samples, of the reference policy's mean reward on the same prompts: per group, sum_i w_i r_i
-    with w = softmax_i(sum_t mask (ref_logp - old_logp)). Rewards r [P, G] (rows prompt-major),
-    log-probs and mask [P*G, T]. Its expectation moves with the policy's expected reward as
-    `reward/mean`'s does, without the difference in difficulty between one step's prompts and the
-    next's (a control variate): 0 when policy and reference agree."""
-    log_ratio = ((ref_logp - old_logp) * mask).sum(1).view_as(r)                # [P, G]
-    ref_reward = (torch.softmax(log_ratio.double(), 1) * r.double()).sum(1)      # [P]
-    return float((r.double().mean(1) - ref_reward).mean())
+    """The step's mean reward minus an importance-sampling estimate, from the same samples, of the
+    reference policy's mean reward on the same prompts: mean_i r_i (1 - w_i), with w_i =
+    exp(sum_t mask (ref_logp - old_logp)) the likelihood ratio of sample i. Rewards r [P, G] (rows
+    prompt-major), log-probs and mask [P*G, T]. Unbiased for J(behaviour) - J(reference) on the
+    step's prompts, so its slope is the expected reward's slope without the difference in difficulty
+    between one step's prompts and the next's (a control variate); 0 when the policies agree. Not
+    self-normalised: normalising the weights within a group shrinks the estimate towards 0 (all-equal
+    groups give exactly 0 whatever the policies' odds), by more than half on the default study's
+    testbed (docs/LOG.md)."""
+    log_ratio = ((ref_logp - old_logp) * mask).sum(1).double().view_as(r)      # [P, G]
+    r = r.double()
+    terms = torch.where(r != 0, r * (1.0 - log_ratio.exp()), torch.zeros_like(r))   # 0 * inf is 0 here
+    return float(terms.mean())
