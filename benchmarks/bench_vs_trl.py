@@ -13,7 +13,11 @@ Prints one JSON line per side, the ratio of median step times (ours / TRL) and s
 second of each side (one seed's rollout and its optimiser steps per second; a single process
 trains one seed at a time, so this is 1 / step time) with their ratio (ours / TRL). With
 `--mini-batches M` both sides take M optimiser steps per rollout (TRL: steps_per_generation M on
-batches of P*G/M). Needs `trl` (pip install -e .[trl]).
+batches of P*G/M); with `--lora R ALPHA` both train rank-R adapters on every linear layer (peft on
+both sides; the KL reference is the adapter-free model on both). `--study` takes all of these from
+the default study and adds `--concurrent 2`: our seeds as the study runs them, two processes of
+one thread each at once on the machine's two cores (seed-steps per second = steps done by both /
+wall time), against one TRL process given both threads. Needs `trl` (pip install -e .[trl]).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 P, G, MAX_NEW, BETA, EPS, MINI = 16, 8, 64, 0.04, 0.2, 1
+LORA: tuple | None = None           # (rank, alpha) of adapters on every linear layer, or full fine-tuning
 
 
 def study_shape() -> dict:
@@ -39,8 +44,11 @@ def study_shape() -> dict:
     from sftrl.experiment.study import DEFAULT
     b = DEFAULT["base"]
     tiny, roll = b["model"]["tiny"], b["rl"]["rollout"]
+    lora = b["model"].get("lora") or {}
     return {"hidden": tiny["hidden_size"], "layers": tiny["num_layers"], "prompts": roll["prompts_per_step"],
-            "group": roll["group_size"], "max_new": roll["max_new_tokens"], "mini_batches": b["rl"]["algo"]["mini_batches"]}
+            "group": roll["group_size"], "max_new": roll["max_new_tokens"], "mini_batches": b["rl"]["algo"]["mini_batches"],
+            "lora": (lora["r"], lora["alpha"]) if lora.get("enabled") else None,
+            "threads": DEFAULT["threads_per_run"]}
 
 
 def make_model(out: Path, hidden: int, layers: int) -> None:
@@ -57,21 +65,22 @@ def peak_mb() -> float:
 
 
 def run_ours(model_dir: str, steps: int, threads: int) -> dict:
-    import copy
     from dataclasses import replace
 
     import torch
     from sftrl.config import build_config
     from sftrl.runlog import RunDir
     from sftrl.train.fit import Session, quiet_libraries, run_rl_step
+    from sftrl.train.session import frozen_reference
     quiet_libraries()
     torch.set_num_threads(threads)
+    lora = [] if LORA is None else ["model.lora.enabled=true", f"model.lora.r={LORA[0]}", f"model.lora.alpha={LORA[1]}"]
     cfg = build_config({"phases": [{"kind": "rl", "steps": steps}]}, [
         f"model.name={model_dir}", "rl.algo.preset=grpo", f"rl.algo.kl.coef={BETA}",
         f"rl.rollout.prompts_per_step={P}", f"rl.rollout.group_size={G}", f"rl.algo.mini_batches={MINI}",
-        f"rl.rollout.max_new_tokens={MAX_NEW}", "rl.optim.lr=1e-5", "task.train_size=2000"])
+        f"rl.rollout.max_new_tokens={MAX_NEW}", "rl.optim.lr=1e-5", "task.train_size=2000", *lora])
     s = Session.build(cfg, RunDir(tempfile.mkdtemp()))
-    s.policy = replace(s.policy, ref=copy.deepcopy(s.model).eval().requires_grad_(False))
+    s.policy = replace(s.policy, ref=frozen_reference(s.model))
     times, parts = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -116,8 +125,13 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
                           save_strategy="no", use_bias_correction_kl=False, dataloader_num_workers=0,
                           seed=0)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    peft_config = None
+    if LORA is not None:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=LORA[0], lora_alpha=LORA[1], lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=correctness, args=args, train_dataset=data,
-                              processing_class=tok, callbacks=[Clock()])
+                              processing_class=tok, callbacks=[Clock()], peft_config=peft_config)
     trainer.train()
     begins = [t for k, t in stamps if k == "begin"]
     ends = [t for k, t in stamps if k == "end"]
@@ -128,8 +142,25 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
     return {"side": "trl", "trl_version": trl.__version__, "step_s": times, "peak_rss_mb": peak_mb()}
 
 
+def side(name: str, model_dir: Path, steps: int, threads: int, shape: list, concurrent: int = 1) -> dict:
+    """`concurrent` subprocesses of one side at once; their results, with the wall time of all."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--side", name, "--model", str(model_dir),
+                               "--steps", str(steps), "--threads", str(threads), *shape],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(concurrent)]
+    outs = [p.communicate() for p in procs]
+    wall = time.perf_counter() - t0
+    results = []
+    for stdout, stderr in outs:
+        line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{name} failed:\n{stderr[-3000:]}")
+        results.append(json.loads(line[len("RESULT "):]))
+    return {"runs": results, "wall_s": wall}
+
+
 def main() -> None:
-    global P, G, MAX_NEW, MINI
+    global P, G, MAX_NEW, MINI, LORA
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--hidden", type=int, default=256)
@@ -139,46 +170,58 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=G)
     ap.add_argument("--max-new", type=int, default=MAX_NEW)
     ap.add_argument("--mini-batches", type=int, default=MINI)
-    ap.add_argument("--study", action="store_true", help="the default study's model and RL step shape")
+    ap.add_argument("--lora", type=float, nargs=2, metavar=("RANK", "ALPHA"), help="adapters on every linear layer")
+    ap.add_argument("--concurrent", type=int, default=1, help="our processes at once (threads each: --threads-"
+                    "per-run); seed-steps per second counts all of them")
+    ap.add_argument("--threads-per-run", type=int, default=None, help="threads of each concurrent process of ours")
+    ap.add_argument("--study", action="store_true", help="the default study's model, RL step shape, adapters "
+                    "and threads per run, with --concurrent 2")
     ap.add_argument("--side", choices=["sftrl", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.study:
         shape = study_shape()
         a.hidden, a.layers, a.prompts, a.group = shape["hidden"], shape["layers"], shape["prompts"], shape["group"]
-        a.max_new, a.mini_batches = shape["max_new"], shape["mini_batches"]
+        a.max_new, a.mini_batches, a.lora = shape["max_new"], shape["mini_batches"], shape["lora"]
+        a.concurrent, a.threads_per_run = 2, shape["threads"]
     P, G, MAX_NEW, MINI = a.prompts, a.group, a.max_new, a.mini_batches
+    LORA = None if a.lora is None else (int(a.lora[0]), float(a.lora[1]))
     shape = ["--prompts", str(P), "--group", str(G), "--max-new", str(MAX_NEW), "--mini-batches", str(MINI)]
+    if LORA is not None:
+        shape += ["--lora", str(LORA[0]), str(LORA[1])]
     if a.side:
         fn = run_ours if a.side == "sftrl" else run_trl
         print("RESULT " + json.dumps(fn(a.model, a.steps, a.threads)))
         return
     model_dir = Path(tempfile.mkdtemp()) / "model"
     make_model(model_dir, a.hidden, a.layers)
-    results = {}
-    for side in ("sftrl", "trl"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--model", str(model_dir),
-                              "--steps", str(a.steps), "--threads", str(a.threads), *shape],
-                             capture_output=True, text=True)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
-        results[side] = json.loads(line[len("RESULT "):])
+    results = {"sftrl": side("sftrl", model_dir, a.steps, a.threads, shape), "trl": side("trl", model_dir, a.steps, a.threads, shape)}
     summary = {}
-    for side, r in results.items():
-        steady = r["step_s"][1:] or r["step_s"]          # the first step pays one-time costs
-        summary[side] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["peak_rss_mb"]}
-        print(json.dumps({side: summary[side], "steps_s": [round(t, 3) for t in r["step_s"]]}))
+    for name, r in results.items():
+        steady = r["runs"][0]["step_s"][1:] or r["runs"][0]["step_s"]      # the first step pays one-time costs
+        summary[name] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["runs"][0]["peak_rss_mb"]}
+        print(json.dumps({name: summary[name], "steps_s": [round(t, 3) for t in r["runs"][0]["step_s"]]}))
     ratio = summary["sftrl"]["median_step_s"] / summary["trl"]["median_step_s"]
-    rates = {side: 1.0 / summary[side]["median_step_s"] for side in summary}
-    print(json.dumps({"ratio_step_time_ours_over_trl": round(ratio, 3),
-                      "seed_steps_per_s": {k: round(v, 3) for k, v in rates.items()},
-                      "ratio_seed_steps_per_s_ours_over_trl": round(rates["sftrl"] / rates["trl"], 3),
-                      "workload": {"prompts": P, "group": G, "max_new_tokens": MAX_NEW, "beta": BETA,
-                                   "mini_batches": MINI,
-                                   "epsilon": EPS, "hidden": a.hidden, "layers": a.layers,
-                                   "threads": a.threads, "trl": results["trl"].get("trl_version")},
-                      "parts_sftrl_last": results["sftrl"]["parts"][-1]}))
+    rates = {name: 1.0 / summary[name]["median_step_s"] for name in summary}
+    out = {"ratio_step_time_ours_over_trl": round(ratio, 3),
+           "seed_steps_per_s": {k: round(v, 3) for k, v in rates.items()},
+           "ratio_seed_steps_per_s_ours_over_trl": round(rates["sftrl"] / rates["trl"], 3),
+           "workload": {"prompts": P, "group": G, "max_new_tokens": MAX_NEW, "beta": BETA, "mini_batches": MINI,
+                        "epsilon": EPS, "hidden": a.hidden, "layers": a.layers, "lora": LORA,
+                        "threads": a.threads, "trl": results["trl"]["runs"][0].get("trl_version")},
+           "parts_sftrl_last": results["sftrl"]["runs"][0]["parts"][-1]}
+    if a.concurrent > 1:
+        per_run = a.threads_per_run or max(1, a.threads // a.concurrent)
+        both = side("sftrl", model_dir, a.steps, per_run, shape, concurrent=a.concurrent)
+        # steady state: the slowest process's steps after its first, as seed-steps per second of all
+        steady = max(sum(r["step_s"][1:]) / max(1, len(r["step_s"]) - 1) for r in both["runs"])
+        rate = a.concurrent / steady
+        out["concurrent"] = {"processes": a.concurrent, "threads_each": per_run,
+                             "seed_steps_per_s": round(rate, 3),
+                             "ratio_seed_steps_per_s_over_one_trl_process": round(rate / rates["trl"], 3),
+                             "median_step_s_each": [round(statistics.median(r["step_s"][1:] or r["step_s"]), 3)
+                                                    for r in both["runs"]]}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

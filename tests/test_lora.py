@@ -84,3 +84,44 @@ def test_adapter_initialisation_follows_the_run_seed_only():
     a, b, c = adapters(0, global_seed=1), adapters(0, global_seed=2), adapters(1, global_seed=1)
     assert a and all(torch.equal(a[n], b[n]) for n in a)
     assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+def test_after_an_sft_phase_the_lora_reference_is_the_policy_entering_rl(tmp_path):
+    """An SFT phase moves the adapters; the reference of the RL phase that follows is then the
+    policy as it enters RL (adapters merged into a frozen copy), as with full fine-tuning, not the
+    adapter-free base: KL 0 at the first RL step, the reference's log-probs equal the policy's
+    at that moment bit for bit (the same base + delta sums), and it survives a checkpoint resume."""
+    from sftrl.train.fit import run_sft_step
+    from sftrl.train.state import restore, state_of
+    cfg = build_config({"phases": [{"kind": "sft", "steps": 2}, {"kind": "rl", "steps": 2}]},
+                       LORA + ["sft.optim.lr=1e-2", "sft.batch_size=4"])
+    s = Session.build(cfg, RunDir(tmp_path / "a"))
+    run_sft_step(s)
+    run_sft_step(s)
+    s.state.step, s.state.kind_steps = 2, {"sft": 2}
+    m1 = run_rl_step(s)
+    assert not isinstance(s.ref, AdaptersOff) and m1["policy/kl"] == 0.0
+    assert not any("lora_" in n for n, _ in s.ref.named_parameters())
+    state = state_of(s)                       # taken after one RL step: the policy has moved on
+    r = Session.build(cfg, RunDir(tmp_path / "b"))
+    restore(r, state)
+    assert not isinstance(r.ref, AdaptersOff)
+    for (n, a), (_, b) in zip(s.ref.named_parameters(), r.ref.named_parameters()):
+        assert torch.equal(a, b), n
+    base = AdaptersOff(s.model)               # the adapter-free base is another policy here
+    assert (_logp(s.ref, s) - _logp(base, s)).abs().max() > 10 * _tol(s.ref, s)
+
+
+def test_the_merged_reference_equals_the_policy_at_rl_entry_exactly():
+    from sftrl.lm import decoder
+    from sftrl.train.session import frozen_reference
+    model, _ = load_policy(build_config({}, LORA).model, seed=0, device="cpu")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
+    ref = frozen_reference(model)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13, 14, 15]])
+    mask = torch.ones_like(ids)
+    assert decoder.parts(ref) is not None
+    assert torch.equal(logprobs.token_logp(ref, ids, mask, 3), logprobs.token_logp(model, ids, mask, 3))

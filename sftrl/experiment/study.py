@@ -42,21 +42,24 @@ OOD = {"name": "arith", "kwargs": {"min_ops": 4, "max_ops": 4, "max_operand": 20
        "label": "arith_4ops", "test_size": 100}
 
 # The default study: tiny Llama (hidden 64, 2 layers, 0.1M parameters) on 2-3 operation arithmetic,
-# sized for 20 minutes on 2 CPU cores (19.4 and 20.5 measured). Design (pilots in docs/LOG.md, 2026-12-02):
-# - warm start: 1000 SFT steps (batch 64, cosine 3e-3 -> 3e-4) to ~30% greedy accuracy, pass@8
-#   ~52%: about half of the GRPO groups have mixed outcomes, so plain RL has something to sharpen
-#   (from the earlier ~11% warm start three quarters of the groups all failed and GRPO's reward was
-#   flat), and about half still fail entirely, which is what the routed hybrids act on;
+# sized for 20 minutes on 2 CPU cores. Design (pilots in docs/LOG.md, 2026-12-02 and 2026-12-06):
+# - warm start: 1000 steps of full fine-tuning SFT (batch 64, cosine 3e-3 -> 3e-4) to ~30% greedy
+#   accuracy, pass@8 ~51%: about half of the GRPO groups have mixed outcomes, so plain RL has
+#   something to sharpen, and about half still fail entirely, which is what the routed hybrids act on
+#   (from an earlier ~11% warm start three quarters of the groups all failed and GRPO learned nothing);
+# - every method then trains the same rank-4 LoRA adapters (alpha 8, every linear layer) at 10x the
+#   full fine-tuning rates (RL 1e-3, SFT 3e-3): with every weight trained, GRPO's noisy updates cost
+#   more than they gain and its reward did not rise from a 22.6% warm start (t 1.1); through the
+#   adapters it rose from both warm starts tried (t 6.1 and 3.4), while SFT lost under a point;
 # - 40 steps per method; an RL step is one rollout of 32 prompts x 8 samples and two optimiser
 #   steps on it (so the clip range matters); an SFT step is 256 demonstrations, the same number of
-#   trained sequences as an RL step, at the warm start's final learning rate. Larger rollouts cost
-#   little here (the step is bound by per-op overhead: 8 x 8 takes 0.31 s, 32 x 8 0.45 s) and with
-#   them GRPO's reward rose in 60-step pilots (within these 40 steps its slope's CI still spans 0);
-# - 10 seeds and 2,500 test problems (binomial SE of one run's accuracy about 1 point), so that a
-#   paired comparison's minimum detectable effect is about 2 points (the seed-to-seed spread of
-#   paired differences was 0.7-1.7 points in pilots); pass@4 on the first 500 of them;
-# - no sensitivity blocks (at 3-5 seeds per value they detect nothing at this size; `--full` runs
-#   them with 5 seeds); SuperRL, HPT, SRFT, CHORD and adaptive entropy are in `--full` as well.
+#   trained sequences as an RL step;
+# - 8 seeds and 2,500 test problems (binomial SE of one run's accuracy about 1 point): with 10 seeds
+#   the paired differences' spread was 0.6-0.9 points (every MDE under 1 point) and the study took
+#   23 minutes; 8 seeds keep every MDE near 1 point within the budget; pass@4 on the first 500;
+# - no sensitivity blocks and no out-of-distribution task (at 3-5 seeds per value the blocks detect
+#   nothing at this size, and every method scores 1-3% on 4-operation problems); `--full` runs both,
+#   and SuperRL, HPT, SRFT, CHORD and adaptive entropy.
 DEFAULT = {
     "name": "study",
     "question": "Does combining SFT and RL (sequential, alternating, joint loss, routed, off-policy "
@@ -89,7 +92,7 @@ DEFAULT = {
         "relift": ["method=relift"],
         "luffy": ["method=luffy"],
     },
-    "seeds": 10,
+    "seeds": 8,
     "sensitivity": [],
     "threads_per_run": 1,
     "power_target": POWER_TARGET,     # the report calls a comparison underpowered above this MDE (points)
@@ -134,6 +137,7 @@ def _full() -> dict:
     per value, and harder out-of-distribution levels."""
     s = copy.deepcopy(DEFAULT)
     s["name"] = "study-full"
+    s["seeds"] = 10
     b = s["base"]
     b["schedule"]["steps"] = 200
     b["eval"]["extra_tasks"] = [OOD, {"name": "arith", "label": "arith_big", "test_size": 100,

@@ -178,14 +178,24 @@ class Session:
 
 
 def frozen_reference(model, fresh=None):
-    """The KL reference: a frozen copy of the policy as it enters RL, or for LoRA the same weights
-    with adapters disabled (adapters are zero at the start, so that is the initial policy).
+    """The KL reference: a frozen copy of the policy as it enters RL. For LoRA whose adapters are
+    still zero there, the same weights with adapters disabled (no second copy); after an SFT phase
+    has moved them, a frozen copy with the adapters merged into the weights (peft's merge: base +
+    delta, the sum the policy's own forward computes, so the two agree exactly at that moment).
     A sharded policy gets a sharded copy: `fresh()` (a new unsharded policy) is sharded the same
-    way and each rank copies its own shards, so no rank ever holds the full reference."""
+    way and each rank copies its own shards, so no rank ever holds the full reference; sharded
+    LoRA keeps the adapters-off reference (docs/ALGORITHMS.md)."""
     if is_lora(model):
-        return AdaptersOff(model)
+        if sharding.is_sharded(model) or not adapters_moved(model):
+            return AdaptersOff(model)
+        return copy.deepcopy(model).merge_and_unload().eval().requires_grad_(False)
     if sharding.is_sharded(model):
         ref = shard(fresh().eval().requires_grad_(False))
         ref.load_state_dict(model.state_dict())         # DTensor shards into the same layout: local copies
         return ref
     return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def adapters_moved(model) -> bool:
+    """Whether any LoRA adapter of `model` differs from its fresh state (peft starts B at zero)."""
+    return any(bool(p.detach().ne(0).any()) for n, p in model.named_parameters() if "lora_B" in n)

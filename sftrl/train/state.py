@@ -42,7 +42,7 @@ def restore(s: Session, state: dict) -> None:
     st = s.state
     st.step, st.kind_steps = state["step"], dict(state["kind_steps"])
     sharding.load_full_state_dict(s.model, state["model"])
-    if state["ref"] is not None:
+    if state["ref"] is not None:                       # a copy (LoRA: merged when its adapters had moved)
         ref = frozen_reference(s.model, s.fresh_policy)
         sharding.load_full_state_dict(ref, state["ref"])
         s.policy = replace(s.policy, ref=ref)
