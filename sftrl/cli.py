@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "study YAML file such as configs/studies/real-smollm2.yaml")
     st.add_argument("--quick", action="store_true", help="smoke version (under a minute)")
     st.add_argument("--full", action="store_true", help="larger version: 10 seeds, per-seed warm starts, "
-                    "sensitivity blocks (about 3 hours)")
+                    "200 steps, every hybrid, sensitivity blocks (about 3.5 hours on 2 CPU cores)")
     st.add_argument("--smoke", action="store_true", help="shrink the chosen study to a few steps, 2 seeds "
                     "and a handful of problems: checks that it runs end to end (e.g. a GPU study on a CPU)")
     st.add_argument("--out", help="experiment directory (default runs/<study name>/)")

@@ -97,7 +97,8 @@ KEY_NAMES = {
 METRIC_NAMES = {
     "acc_strict": "greedy accuracy", "acc_flexible": "greedy accuracy (flexible extraction)",
     "pass@1_sampled": "sampled pass@1", "len_mean": "mean response length", "distinct_answers": "distinct answers",
-    "majority_share": "majority share", "reward/mean": "mean reward", "reward/accuracy": "rollout accuracy",
+    "majority_share": "majority share", "reward/mean": "mean reward",
+    "reward/gain_vs_ref": "reward gain over the reference (same samples)", "reward/accuracy": "rollout accuracy",
     "policy/kl": "KL to the reference", "policy/entropy": "policy entropy", "loss/pg": "policy-gradient loss",
     "loss/sft": "SFT loss", "loss/kl": "KL loss term", "loss/entropy": "entropy bonus term",
     "rollout/len_mean": "mean response length in tokens", "loss/total": "total loss", "policy/clip_low": "clipped fraction (low side)",

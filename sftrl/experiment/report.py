@@ -35,10 +35,6 @@ from sftrl.runlog import atomic_write_text
 
 SECTIONS = ("summary", "validity", "comparisons", "sensitivity", "curves", "distributions", "hyperparameters",
             "provenance", "failures")
-CURVES = ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "loss/", "rollout/len_mean",
-          "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
-          "sft/routed_frac")
-IGNORE = ("seed", "threads", "log.progress", "name")
 REPS = 2000
 
 

@@ -132,7 +132,7 @@ def _quick() -> dict:
 
 
 def _full() -> dict:
-    """The larger version (about 3 hours on 2 cores, from the default's per-step times): one warm
+    """The larger version (about 3.5 hours on 2 cores, from the default's per-step times): one warm
     start per seed, 10 seeds, a 200-step budget, every hybrid, the sensitivity blocks with 5 seeds
     per value, and harder out-of-distribution levels."""
     s = copy.deepcopy(DEFAULT)
