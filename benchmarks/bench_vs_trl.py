@@ -16,8 +16,8 @@ trains one seed at a time, so this is 1 / step time) with their ratio (ours / TR
 batches of P*G/M); with `--lora R ALPHA` both train rank-R adapters on every linear layer (peft on
 both sides; the KL reference is the adapter-free model on both). `--study` takes all of these from
 the default study and adds `--concurrent 2`: our seeds as the study runs them, two processes of
-one thread each at once on the machine's two cores (seed-steps per second = steps done by both /
-wall time), against one TRL process given both threads. Needs `trl` (pip install -e .[trl]).
+one thread each at once on the machine's two cores (seed-steps per second = processes / the slower
+process's mean step time after its first), against one TRL process. Needs `trl` (pip install -e .[trl]).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def study_shape() -> dict:
     tiny, roll = b["model"]["tiny"], b["rl"]["rollout"]
     lora = b["model"].get("lora") or {}
     return {"hidden": tiny["hidden_size"], "layers": tiny["num_layers"], "prompts": roll["prompts_per_step"],
-            "group": roll["group_size"], "max_new": roll["max_new_tokens"], "mini_batches": b["rl"]["algo"]["mini_batches"],
+            "group": roll["group_size"], "max_new": roll["max_new_tokens"],
+            "mini_batches": b["rl"]["algo"]["mini_batches"],
             "lora": (lora["r"], lora["alpha"]) if lora.get("enabled") else None,
             "threads": DEFAULT["threads_per_run"]}
 
@@ -142,21 +143,19 @@ def run_trl(model_dir: str, steps: int, threads: int) -> dict:
     return {"side": "trl", "trl_version": trl.__version__, "step_s": times, "peak_rss_mb": peak_mb()}
 
 
-def side(name: str, model_dir: Path, steps: int, threads: int, shape: list, concurrent: int = 1) -> dict:
-    """`concurrent` subprocesses of one side at once; their results, with the wall time of all."""
-    t0 = time.perf_counter()
+def side(name: str, model_dir: Path, steps: int, threads: int, shape: list, concurrent: int = 1) -> list[dict]:
+    """The results of `concurrent` subprocesses of one side run at once."""
     procs = [subprocess.Popen([sys.executable, __file__, "--side", name, "--model", str(model_dir),
                                "--steps", str(steps), "--threads", str(threads), *shape],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(concurrent)]
     outs = [p.communicate() for p in procs]
-    wall = time.perf_counter() - t0
     results = []
     for stdout, stderr in outs:
         line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{name} failed:\n{stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))
-    return {"runs": results, "wall_s": wall}
+    return results
 
 
 def main() -> None:
@@ -195,12 +194,12 @@ def main() -> None:
         return
     model_dir = Path(tempfile.mkdtemp()) / "model"
     make_model(model_dir, a.hidden, a.layers)
-    results = {"sftrl": side("sftrl", model_dir, a.steps, a.threads, shape), "trl": side("trl", model_dir, a.steps, a.threads, shape)}
+    results = {name: side(name, model_dir, a.steps, a.threads, shape)[0] for name in ("sftrl", "trl")}
     summary = {}
     for name, r in results.items():
-        steady = r["runs"][0]["step_s"][1:] or r["runs"][0]["step_s"]      # the first step pays one-time costs
-        summary[name] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["runs"][0]["peak_rss_mb"]}
-        print(json.dumps({name: summary[name], "steps_s": [round(t, 3) for t in r["runs"][0]["step_s"]]}))
+        steady = r["step_s"][1:] or r["step_s"]          # the first step pays one-time costs
+        summary[name] = {"median_step_s": statistics.median(steady), "peak_rss_mb": r["peak_rss_mb"]}
+        print(json.dumps({name: summary[name], "steps_s": [round(t, 3) for t in r["step_s"]]}))
     ratio = summary["sftrl"]["median_step_s"] / summary["trl"]["median_step_s"]
     rates = {name: 1.0 / summary[name]["median_step_s"] for name in summary}
     out = {"ratio_step_time_ours_over_trl": round(ratio, 3),
@@ -208,19 +207,19 @@ def main() -> None:
            "ratio_seed_steps_per_s_ours_over_trl": round(rates["sftrl"] / rates["trl"], 3),
            "workload": {"prompts": P, "group": G, "max_new_tokens": MAX_NEW, "beta": BETA, "mini_batches": MINI,
                         "epsilon": EPS, "hidden": a.hidden, "layers": a.layers, "lora": LORA,
-                        "threads": a.threads, "trl": results["trl"]["runs"][0].get("trl_version")},
-           "parts_sftrl_last": results["sftrl"]["runs"][0]["parts"][-1]}
+                        "threads": a.threads, "trl": results["trl"].get("trl_version")},
+           "parts_sftrl_last": results["sftrl"]["parts"][-1]}
     if a.concurrent > 1:
         per_run = a.threads_per_run or max(1, a.threads // a.concurrent)
         both = side("sftrl", model_dir, a.steps, per_run, shape, concurrent=a.concurrent)
         # steady state: the slowest process's steps after its first, as seed-steps per second of all
-        steady = max(sum(r["step_s"][1:]) / max(1, len(r["step_s"]) - 1) for r in both["runs"])
+        steady = max(sum(r["step_s"][1:]) / max(1, len(r["step_s"]) - 1) for r in both)
         rate = a.concurrent / steady
         out["concurrent"] = {"processes": a.concurrent, "threads_each": per_run,
                              "seed_steps_per_s": round(rate, 3),
                              "ratio_seed_steps_per_s_over_one_trl_process": round(rate / rates["trl"], 3),
                              "median_step_s_each": [round(statistics.median(r["step_s"][1:] or r["step_s"]), 3)
-                                                    for r in both["runs"]]}
+                                                    for r in both]}
     print(json.dumps(out))
 
 

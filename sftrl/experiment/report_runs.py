@@ -22,8 +22,8 @@ BAND = "95% percentile bootstrap band over seeds (500 resamples)"
 POOLED = "runs pooled, no interval"
 
 CURVES = ("reward/mean", "reward/gain_vs_ref", "reward/accuracy", "policy/kl", "policy/entropy", "loss/",
-          "rollout/len_mean", "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef", "sft/weight",
-          "sft/routed_frac")
+          "rollout/len_mean", "policy/clip_low", "policy/clip_high", "groups/zero_std_frac", "entropy/coef",
+          "sft/weight", "sft/routed_frac")
 IGNORE = ("seed", "threads", "log.progress", "log.report_to", "name")
 
 
